@@ -1,0 +1,4 @@
+"""Registered data: every module named `*_dataset.py` here is imported so that it registers."""
+from uiqa_plugin.registry_utils import here, import_modules
+
+_modules = import_modules(__name__, here(__file__), '_dataset')
