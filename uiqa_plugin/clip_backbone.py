@@ -111,6 +111,9 @@ def read_clip_state_dict(path):
 def _load_weights_into(model, state_dict, path):
     """Strict load with an error that lists what does not fit."""
     own = model.state_dict()
+    # TorchScript archives also store buffers that open_clip keeps out of its state dict (attn_mask).
+    non_persistent = {name for name, _ in model.named_buffers()} - set(own)
+    state_dict = {k: v for k, v in state_dict.items() if k not in non_persistent}
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random CLIP models saved as real weight files, so every loading path runs offline."""
+import os.path as osp
+import sys
+import warnings
+
+import pytest
+import torch
+
+sys.path.insert(0, osp.dirname(__file__))
+
+import uiqa_plugin  # noqa: E402,F401  (installs the basicsr compatibility alias first)
+from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
+
+
+def _build(config_path, seed, quick_gelu=False):
+    import open_clip
+    from uiqa_plugin.clip_backbone import _resolve_model_config
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return open_clip.create_model(_resolve_model_config(config_path), pretrained=None,
+                                      force_quick_gelu=quick_gelu)
+
+
+@pytest.fixture(scope='session')
+def tiny_clip_files(tmp_path_factory):
+    """Config and weight files of one tiny random ResNet CLIP in the formats users have.
+
+    Returns a dict: config, openai (plain state dict with OpenAI's extra keys), openclip
+    (``{'state_dict'}`` with ``module.`` prefixes), torchscript (a scripted archive, QuickGELU
+    like OpenAI's), vit_config, vit_weights.
+    """
+    folder = tmp_path_factory.mktemp('tiny_clip')
+    config = write_config(folder, 'tiny_rn', TINY_RN_CONFIG)
+    model = _build(config, seed=0)
+    state = model.state_dict()
+    files = {'config': config}
+    files['openai'] = str(folder / 'tiny_openai.pt')
+    torch.save({**state, 'input_resolution': torch.tensor(64), 'context_length': torch.tensor(77),
+                'vocab_size': torch.tensor(49408)}, files['openai'])
+    files['openclip'] = str(folder / 'tiny_openclip.pt')
+    torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in state.items()}}, files['openclip'])
+    scripted = _build(config, seed=0, quick_gelu=True)
+    files['torchscript'] = str(folder / 'tiny_scripted.pt')
+    torch.jit.script(scripted).save(files['torchscript'])
+    vit_config = write_config(folder, 'tiny_vit', TINY_VIT_CONFIG)
+    files['vit_config'] = vit_config
+    files['vit_weights'] = str(folder / 'tiny_vit.pt')
+    torch.save(_build(vit_config, seed=1).state_dict(), files['vit_weights'])
+    return files
+
+
+@pytest.fixture
+def tiny_metric_factory(tiny_clip_files):
+    """Build CLIPIQA models on the tiny ResNet CLIP (plain state dict weights)."""
+    from uiqa_plugin.api import create_metric
+
+    def make(attributes='quality', **kwargs):
+        return create_metric(attributes, clip_model=tiny_clip_files['config'],
+                             clip_pretrained=tiny_clip_files['openai'], device='cpu', **kwargs)
+    return make
