@@ -1,0 +1,49 @@
+"""Batching samples of named views, with a clear error when image sizes differ."""
+import torch
+from torch.utils.data import default_collate
+
+
+def collate_views(batch):
+    """Collate a list of dataset samples like torch's ``default_collate``.
+
+    Tensors of equal shape are stacked ([B, 3, h, w] views, [B, T] targets); strings
+    ('key', 'path') become lists. When one key holds tensors of different shapes (e.g.
+    the full ``image`` view of photos of different sizes) it raises a ValueError naming
+    the view, the image keys and their sizes, and the fixes.
+    """
+    if not batch:
+        raise ValueError('collate_views: empty batch')
+    first = batch[0]
+    if not isinstance(first, dict):
+        return default_collate(batch)
+    keys = list(first)
+    for i, sample in enumerate(batch):
+        if list(sample) != keys:
+            raise ValueError(f'collate_views: sample {i} has keys {list(sample)} but sample 0 has {keys}')
+    out = {}
+    for key in keys:
+        values = [s[key] for s in batch]
+        if isinstance(values[0], torch.Tensor):
+            shapes = [tuple(v.shape) for v in values]
+            if len(set(shapes)) > 1:
+                raise ValueError(_size_mismatch_message(key, batch, shapes))
+            out[key] = torch.stack(values, 0)
+        elif isinstance(values[0], str):
+            out[key] = values
+        else:
+            out[key] = default_collate(values)
+    return out
+
+
+def _size_mismatch_message(view, batch, shapes):
+    names = [s.get('key', f'#{i}') for i, s in enumerate(batch)]
+    groups = {}
+    for name, shape in zip(names, shapes):
+        groups.setdefault(shape, []).append(name)
+    listing = '; '.join(f"{'x'.join(map(str, shape[-2:] if len(shape) > 1 else shape))}: {', '.join(map(str, group[:3]))}"
+                        f"{' ...' if len(group) > 3 else ''}" for shape, group in groups.items())
+    if view == 'target':
+        return f'collate_views: targets have different lengths within the batch ({listing}); mix no datasets with different targets'
+    return (f'collate_views: view {view!r} has different sizes within the batch ({listing}). '
+            f'Fixes: give the view a fixed size (views: {{{view}: {{size: [H, W]}}}} or a dataset '
+            f'resize: {{size: [H, W]}}), use batch_size_per_gpu: 1, or group images of equal size.')
