@@ -40,10 +40,12 @@ def _size_mismatch_message(view, batch, shapes):
     groups = {}
     for name, shape in zip(names, shapes):
         groups.setdefault(shape, []).append(name)
-    listing = '; '.join(f"{'x'.join(map(str, shape[-2:] if len(shape) > 1 else shape))}: {', '.join(map(str, group[:3]))}"
-                        f"{' ...' if len(group) > 3 else ''}" for shape, group in groups.items())
+    listing = '; '.join(f"{'x'.join(map(str, shape[-2:] if len(shape) > 1 else shape))}: "
+                        f"{', '.join(map(str, group[:3]))}{' ...' if len(group) > 3 else ''}"
+                        for shape, group in groups.items())
     if view == 'target':
-        return f'collate_views: targets have different lengths within the batch ({listing}); mix no datasets with different targets'
+        return (f'collate_views: targets have different lengths within the batch ({listing}); '
+                'do not mix datasets with different target columns in one batch')
     return (f'collate_views: view {view!r} has different sizes within the batch ({listing}). '
             f'Fixes: give the view a fixed size (views: {{{view}: {{size: [H, W]}}}} or a dataset '
             f'resize: {{size: [H, W]}}), use batch_size_per_gpu: 1, or group images of equal size.')

@@ -65,11 +65,22 @@ class LoadImage:
     def file_client(self):
         # opened lazily, once per process: a forked worker must not reuse the parent's LMDB handle
         if self._client is None or self._client_pid != os.getpid():
+            if self._client is not None:
+                self._close_inherited()
             opt = copy.deepcopy(self.io_backend)
             opt.pop('type', None)
             self._client = FileClient(self.backend, **opt)
             self._client_pid = os.getpid()
         return self._client
+
+    def _close_inherited(self):
+        # a forked worker inherits the parent's LMDB handle; lmdb refuses to open the same database again
+        # in that process until the inherited handle is closed (closing it in the child leaves the parent's intact)
+        envs = getattr(self._client.client, '_client', None)
+        if self.backend == 'lmdb' and isinstance(envs, dict):
+            for env in envs.values():
+                env.close()
+        self._client = None
 
     def __call__(self, sample):
         if self.backend == 'lmdb':
@@ -104,7 +115,8 @@ class Resize:
 
     def __init__(self, size=None, short_side=None, interpolation='bicubic', keys=None):
         if (size is None) == (short_side is None):
-            raise ValueError(f'Resize needs exactly one of size or short_side, got size={size}, short_side={short_side}')
+            raise ValueError(f'Resize needs exactly one of size or short_side, got size={size}, '
+                             f'short_side={short_side}')
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size is not None else None)
         self.short_side = short_side
         self.interpolation = interpolation
