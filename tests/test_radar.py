@@ -1,0 +1,87 @@
+"""Radar charts: one axis per attribute, radii equal to the scores, PNG and SVG files, overlays."""
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import uiqa_plugin  # noqa: F401
+from uiqa_plugin.perception.radar import SERIES_COLORS, attribute_label, radar_chart, save_chart
+
+NAMES = ['aesthetic', 'happy', 'natural', 'new', 'scary', 'Vivid photo.|Faded photo.']
+
+
+def _plotted(ax):
+    """(angles, radii) of each plotted line, read back from matplotlib."""
+    return [(np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)) for line in ax.lines]
+
+
+def test_one_axis_per_attribute_and_radii_equal_scores():
+    scores = [0.1, 0.9, 0.35, 0.5, 0.0, 1.0]
+    chart = radar_chart([('photo.jpg', scores)], NAMES)
+    ax = chart.axes
+    assert ax.name == 'polar'
+    np.testing.assert_allclose(ax.get_xticks(), np.arange(6) * 2 * np.pi / 6)
+    np.testing.assert_allclose(chart.angles, np.arange(6) * 2 * np.pi / 6)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[:5] == NAMES[:5] and labels[5].replace('\n', ' ') == 'Vivid photo. / Faded photo.'
+    assert ax.get_ylim() == (0.0, 1.0)
+    (theta, radii), = _plotted(ax)
+    np.testing.assert_allclose(theta, np.append(chart.angles, 0.0))  # closed polygon
+    np.testing.assert_allclose(radii, scores + [scores[0]])
+    assert chart.series[0][0] == 'photo.jpg'
+
+
+def test_overlay_of_several_series_with_consistent_colours():
+    a, b, c = [0.2, 0.4, 0.6], [0.7, 0.1, 0.3], [0.5, 0.5, 0.5]
+    chart = radar_chart([('model A', a), ('model B', b), ('model C', c)], ['x', 'y', 'z'])
+    plotted = _plotted(chart.axes)
+    assert len(plotted) == 3
+    for (theta, radii), values in zip(plotted, (a, b, c)):
+        np.testing.assert_allclose(radii[:-1], values)
+    colours = [line.get_color() for line in chart.axes.lines]
+    assert colours == list(SERIES_COLORS[:3])
+    legend = chart.axes.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ['model A', 'model B', 'model C']
+    again = radar_chart([('other image', c)], ['x', 'y', 'z'])  # series 0 is always colour 0
+    assert again.axes.lines[0].get_color() == colours[0]
+
+
+def test_images_beside_the_chart():
+    img = np.random.default_rng(0).random((30, 50, 3))
+    chart = radar_chart([('a', [0.1, 0.2, 0.3]), ('b', [0.3, 0.2, 0.1])], ['x', 'y', 'z'], images=[img, img / 2])
+    assert len(chart.image_axes) == 2
+    shown = chart.image_axes[0].get_images()[0].get_array()
+    assert shown.shape == (30, 50, 3)
+    np.testing.assert_array_equal(shown, (img * 255 + 0.5).astype(np.uint8))
+    assert chart.image_axes[0].get_position().x1 <= chart.axes.get_position().x0  # beside, not over
+
+
+def test_out_of_range_values_are_drawn_at_the_rim_but_kept_in_series():
+    chart = radar_chart([[1.3, -0.2, 0.5]], ['x', 'y', 'z'])
+    np.testing.assert_allclose(_plotted(chart.axes)[0][1], [1.0, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(chart.series[0][1], [1.3, -0.2, 0.5])
+
+
+def test_saved_png_and_svg(tmp_path):
+    chart = radar_chart([('p', [0.3, 0.6, 0.9])], ['happy', 'scary', 'new'],
+                        images=[np.zeros((20, 20, 3))], title='p.png')
+    paths = save_chart(chart.figure, str(tmp_path / 'sub' / 'p'))
+    assert paths == [str(tmp_path / 'sub' / 'p.png'), str(tmp_path / 'sub' / 'p.svg')]
+    with Image.open(paths[0]) as im:
+        assert im.format == 'PNG' and im.size[0] > 300 and im.size[1] > 200
+        assert np.asarray(im.convert('L')).std() > 5  # not a blank page
+    root = ET.parse(paths[1]).getroot()
+    assert root.tag.endswith('svg')
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="series 'a' has 2 values for 3 attributes"):
+        radar_chart([('a', [0.1, 0.2])], ['x', 'y', 'z'])
+    with pytest.raises(ValueError, match='at least one attribute'):
+        radar_chart([('a', [])], [])
+
+
+def test_long_labels_wrap():
+    label = attribute_label('a very long attribute name that goes on')
+    assert '\n' in label and all(len(line) <= 14 for line in label.split('\n'))

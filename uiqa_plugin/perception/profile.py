@@ -1,0 +1,155 @@
+"""Attribute profiles: every attribute score of every image, plus optional extra scorers.
+
+A profile is a tidy table, one row per image (``path`` + one float column per attribute).
+Extra scorers are the hook for other models, e.g. a trained quality model: any callable
+mapping RGB images (N, 3, H, W) in [0, 1] to (N,) or (N, 1) scores adds one column; one
+giving (N, K) adds K columns named ``<name>/<attribute>``, from its ``attribute_names`` (required).
+
+    >>> metric = uiqa_plugin.create_metric('feel')
+    >>> result = profile_images(metric, ['photos/'], extra_scorers={'quality_model': trained_net})
+"""
+import csv
+import importlib
+import json
+import os.path as osp
+
+import torch
+import torch.nn as nn
+
+from uiqa_plugin.api import score_paths
+
+
+class ProfileScorer(nn.Module):
+    """A CLIP-IQA metric and extra scorers behind one forward: (N, 3, H, W) -> (N, P + extra columns).
+
+    metric: a module with ``attribute_names`` (e.g. ``CLIPIQA``); extra_scorers: {column name: callable}.
+    Extra scorers that are modules are moved with this one; plain callables receive images on its device.
+    """
+
+    def __init__(self, metric, extra_scorers=None):
+        super().__init__()
+        self.metric = metric
+        self.extra = nn.ModuleDict()
+        self._callables = {}
+        for name, scorer in (extra_scorers or {}).items():
+            if name in metric.attribute_names:
+                raise ValueError(f'extra scorer {name!r} clashes with an attribute of the same name')
+            if not callable(scorer):
+                raise TypeError(f'extra scorer {name!r} is not callable: {type(scorer).__name__}')
+            if isinstance(scorer, nn.Module) and '.' not in name:
+                self.extra[name] = scorer
+            else:
+                self._callables[name] = scorer
+        self._order = list((extra_scorers or {}).keys())
+
+    @property
+    def attribute_names(self):
+        names = list(self.metric.attribute_names)
+        for name in self._order:
+            names.extend(self._columns_of(name))
+        return names
+
+    def _scorer(self, name):
+        return self.extra[name] if name in self.extra else self._callables[name]
+
+    def _columns_of(self, name):
+        inner = getattr(self._scorer(name), 'attribute_names', None)
+        if inner is not None and len(inner) > 1:
+            return [f'{name}/{a}' for a in inner]
+        return [name]
+
+    def forward(self, images):
+        columns = [self.metric(images)]
+        for name in self._order:
+            out = torch.as_tensor(self._scorer(name)(images)).to(columns[0].device, columns[0].dtype)
+            if out.dim() == 1:
+                out = out[:, None]
+            if out.dim() != 2 or out.shape[0] != images.shape[0]:
+                raise ValueError(f'extra scorer {name!r} returned shape {tuple(out.shape)} for {images.shape[0]} '
+                                 'images; expected (N,) or (N, K)')
+            expected = self._columns_of(name)
+            if out.shape[1] != len(expected):
+                raise ValueError(f'extra scorer {name!r} returned {out.shape[1]} columns but declares '
+                                 f'{len(expected)} ({", ".join(expected)}); a scorer with several columns '
+                                 'must name them in its attribute_names')
+            columns.append(out)
+        return torch.cat(columns, dim=1)
+
+
+def profile_images(metric, inputs, extra_scorers=None, batch_size=1, strict=False, progress=True):
+    """Score image files on every attribute of ``metric`` and every extra scorer.
+
+    inputs: one file, or files / folders / glob patterns. Returns ``uiqa_plugin.api.ScoreResult``:
+    ``rows`` = [{'path': ..., attribute: float, ...}] in input order, ``failures`` = [(path, message)].
+    """
+    scorer = ProfileScorer(metric, extra_scorers) if extra_scorers else metric
+    if extra_scorers:
+        scorer.eval()
+    inputs = [inputs] if isinstance(inputs, str) else inputs
+    return score_paths(scorer, inputs, batch_size=batch_size, strict=strict, progress=progress)
+
+
+def load_scorer(spec, device=None):
+    """``'NAME=package.module:factory'`` -> (NAME, scorer): imports ``factory`` and calls ``factory(device=device)``.
+
+    The factory returns a callable (N, 3, H, W) RGB [0, 1] -> (N,) or (N, K) scores (e.g. a trained model).
+    """
+    name, sep, target = spec.partition('=')
+    module_name, colon, attr = target.partition(':')
+    if not sep or not colon or not name.strip() or not module_name or not attr:
+        raise ValueError(f'scorer {spec!r} must be NAME=package.module:factory')
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f'scorer {name!r}: cannot import module {module_name!r} ({exc})') from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ValueError(f'scorer {name!r}: module {module_name!r} has no {attr!r}')
+    scorer = factory(device=device)
+    if isinstance(scorer, nn.Module):
+        scorer = scorer.eval()
+    return name.strip(), scorer
+
+
+def read_score_table(path):
+    """Read a score table written by ``write_table`` (.csv or .json) -> (rows, attribute names).
+
+    rows: [{'path': str, attribute: float}]; the attributes are every column but ``path``.
+    Raises ValueError naming the file, row and column of a missing path or non-numeric score.
+    """
+    suffix = osp.splitext(str(path))[1].lower()
+    try:
+        with open(path, encoding='utf-8-sig', newline='') as f:
+            if suffix == '.json':
+                raw = json.load(f)
+                if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
+                    raise ValueError(f'{path}: expected a JSON list of objects, one per image')
+                columns = list(raw[0]) if raw else []
+            elif suffix == '.csv':
+                reader = csv.DictReader(f)
+                raw = list(reader)
+                columns = list(reader.fieldnames or [])
+            else:
+                raise ValueError(f'{path}: a score table must end in .csv or .json')
+    except OSError as exc:
+        raise ValueError(f'{path}: cannot read score table ({exc.strerror or exc})') from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f'{path}: not valid JSON ({exc})') from None
+    if 'path' not in columns:
+        raise ValueError(f'{path}: no "path" column (columns: {", ".join(columns) or "none"})')
+    attributes = [c for c in columns if c != 'path']
+    if not attributes:
+        raise ValueError(f'{path}: no score columns besides "path"')
+    rows = []
+    for number, record in enumerate(raw, start=1):
+        row = {'path': str(record.get('path') or '')}
+        if not row['path']:
+            raise ValueError(f'{path}: row {number} has no path')
+        for column in attributes:
+            try:
+                row[column] = float(record.get(column))
+            except (TypeError, ValueError):
+                raise ValueError(f'{path}: row {number} ({row["path"]}), column {column!r}: '
+                                 f'{record.get(column)!r} is not a number') from None
+        rows.append(row)
+    return rows, attributes

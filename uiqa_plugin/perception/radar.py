@@ -1,0 +1,155 @@
+"""Radar (polar) charts of attribute profiles: one axis per attribute, radius = score in [0, 1].
+
+One chart can overlay several series (several images, or several models / prompt sets on one
+image); series k always gets colour k of ``SERIES_COLORS``, so the same ordering gives the same
+colours on every chart. Figures are built without pyplot (no global state) on the Agg canvas.
+
+    >>> chart = radar_chart([('photo.jpg', [0.7, 0.2, 0.9])], ['aesthetic', 'scary', 'natural'], images=[img])
+    >>> save_chart(chart.figure, 'charts/photo')   # charts/photo.png, charts/photo.svg
+"""
+import os
+import textwrap
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Colour-blind-friendly (Okabe-Ito), then matplotlib's tab10 for longer overlays.
+SERIES_COLORS = ('#0072B2', '#E69F00', '#009E73', '#CC79A7', '#D55E00', '#56B4E9', '#F0E442', '#000000',
+                 '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f')
+
+
+def series_color(index):
+    return SERIES_COLORS[index % len(SERIES_COLORS)]
+
+
+@dataclass
+class RadarChart:
+    """figure: matplotlib Figure; axes: the polar Axes; image_axes: thumbnail Axes (may be empty);
+    angles: (P,) axis angles in radians; series: [(label, (P,) radii)] as plotted, in order."""
+    figure: object
+    axes: object
+    angles: np.ndarray
+    series: list
+    image_axes: list = field(default_factory=list)
+
+
+def attribute_label(name, width=14):
+    """Axis label: custom pairs 'pos|neg' become 'pos / neg'; long names wrap onto several lines."""
+    text = ' / '.join(p.strip() for p in name.split('|')) if '|' in name else name
+    return '\n'.join(textwrap.wrap(text, width=width, break_long_words=True)) or name
+
+
+def _as_series(series, num_attributes):
+    out = []
+    for index, item in enumerate(series):
+        label, values = item if isinstance(item, tuple) else (f'series {index}', item)
+        radii = np.asarray(values, dtype=np.float64).reshape(-1)
+        if radii.size != num_attributes:
+            raise ValueError(f'radar series {label!r} has {radii.size} values for {num_attributes} attributes')
+        out.append((str(label), radii))
+    return out
+
+
+def radar_chart(series, attribute_names, images=None, title=None, fill=True, figsize=None, dpi=100):
+    """Build a radar chart.
+
+    series: list of (label, scores) or bare score sequences; each scores has one value per attribute
+        (in [0, 1]; values outside are drawn at the rim/centre, the legend keeps the label).
+    attribute_names: the P axis names, clockwise from the top.
+    images: optional list of RGB arrays (H, W, 3) in [0, 1] or uint8, shown beside the chart with a
+        border in their series' colour (one image for several models, or one per series).
+    Returns a ``RadarChart``; the plotted radii are ``chart.series`` and the Axes' lines.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(attribute_names)
+    if not names:
+        raise ValueError('a radar chart needs at least one attribute')
+    data = _as_series(series, len(names))
+    if not data:
+        raise ValueError('a radar chart needs at least one series')
+    images = list(images or [])
+    n_img = len(images)
+    if figsize is None:
+        figsize = (6.4 + (2.6 if n_img else 0.0), 5.6)
+    figure = Figure(figsize=figsize, dpi=dpi)
+    FigureCanvasAgg(figure)
+    if n_img:
+        grid = figure.add_gridspec(max(n_img, 1), 2, width_ratios=[1.0, 2.6], wspace=0.15)
+        ax = figure.add_subplot(grid[:, 1], projection='polar')
+    else:
+        ax = figure.add_subplot(1, 1, 1, projection='polar')
+
+    angles = np.linspace(0.0, 2.0 * np.pi, len(names), endpoint=False)
+    ax.set_theta_offset(np.pi / 2)   # first attribute at the top
+    ax.set_theta_direction(-1)       # clockwise, like reading a clock
+    ax.set_ylim(0.0, 1.0)
+    ax.set_yticks([0.25, 0.5, 0.75, 1.0])
+    ax.set_yticklabels(['0.25', '0.5', '0.75', '1'], fontsize=7, color='#666666')
+    ax.set_rlabel_position(180.0 / len(names))  # between the first two axes, away from the data labels
+    ax.set_xticks(angles)
+    ax.set_xticklabels([attribute_label(n) for n in names], fontsize=9)
+    ax.tick_params(axis='x', pad=10)
+    ax.grid(color='#cccccc', linewidth=0.8)
+
+    closed = np.append(angles, angles[0])
+    for index, (label, radii) in enumerate(data):
+        color = series_color(index)
+        shown = np.clip(radii, 0.0, 1.0)
+        ax.plot(closed, np.append(shown, shown[0]), color=color, linewidth=2.0, marker='o', markersize=4,
+                label=label)
+        if fill:
+            ax.fill(closed, np.append(shown, shown[0]), color=color, alpha=0.12)
+    if len(data) > 1:
+        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.12), fontsize=8, frameon=False)
+    if title:
+        figure.suptitle(title, fontsize=11)
+
+    image_axes = []
+    for index, image in enumerate(images):
+        iax = figure.add_subplot(grid[index, 0])
+        iax.imshow(_displayable(image))
+        iax.set_xticks([])
+        iax.set_yticks([])
+        color = series_color(index) if len(data) > 1 and len(images) > 1 else '#999999'
+        for spine in iax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3.0 if color != '#999999' else 1.0)
+        image_axes.append(iax)
+    return RadarChart(figure, ax, angles, data, image_axes)
+
+
+def _displayable(image):
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return arr
+
+
+def thumbnail(image, size=256):
+    """RGB float (H, W, 3) in [0, 1] -> uint8 array whose longer side is at most ``size``."""
+    from PIL import Image
+    pil = Image.fromarray(_displayable(image))
+    pil.thumbnail((size, size), Image.LANCZOS)
+    return np.asarray(pil)
+
+
+def save_chart(figure, stem, formats=('png', 'svg'), dpi=None):
+    """Save ``figure`` as ``<stem>.<fmt>`` for each format; returns the written paths."""
+    folder = os.path.dirname(os.path.abspath(stem))
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = f'{stem}.{fmt}'
+        figure.savefig(path, format=fmt, dpi=dpi, bbox_inches='tight')
+        paths.append(path)
+    return paths
+
+
+def figure_bytes(figure, fmt='svg', dpi=None):
+    """The figure encoded as ``fmt`` bytes (for embedding in HTML)."""
+    import io
+    buf = io.BytesIO()
+    figure.savefig(buf, format=fmt, dpi=dpi, bbox_inches='tight')
+    return buf.getvalue()
