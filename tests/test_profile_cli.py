@@ -1,0 +1,208 @@
+"""uiqa-profile end to end with a tiny random CLIP: profile, extra scorers, radar, report, evaluate, sensitivity."""
+import csv
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+
+import uiqa_plugin
+from tiny_clip import TINY_RN_CONFIG, write_config
+from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
+from uiqa_plugin.data.image_io import image_to_tensor, read_image
+from uiqa_plugin.perception.ensembles import ENSEMBLE_PHRASINGS
+from uiqa_plugin.perception.profile import ProfileScorer, profile_images, read_score_table
+from uiqa_plugin.prompts import Attribute
+from uiqa_plugin.tools.profile import main
+
+N_IMAGES = 5
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cli')
+    folder = root / 'photos'
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(1, N_IMAGES + 1):
+        arr = (rng.random((36, 44, 3)) * 255 * (0.2 + 0.15 * i)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f'{i:02d}.png')
+    config = write_config(root, 'tiny_cli', TINY_RN_CONFIG)
+    return root, folder, config
+
+
+def _clip(config):
+    return ['--clip-model', config, '--clip-pretrained', 'none', '--no-progress']
+
+
+def _images(folder):
+    paths = sorted(str(p) for p in folder.iterdir())
+    return paths, torch.stack([image_to_tensor(read_image(p)) for p in paths])
+
+
+def _direct(config, attributes, images):
+    with torch.no_grad():
+        return CLIPIQA(attributes, clip_model=config, clip_pretrained=None).eval()(images).numpy()
+
+
+def test_profile_table_matches_the_model(setup, tmp_path):
+    root, folder, config = setup
+    out = tmp_path / 'feel.csv'
+    assert main(['profile', str(folder), '-a', 'feel,happy@ensemble', '--out', str(out)] + _clip(config)) == 0
+    rows, names = read_score_table(str(out))
+    assert names == ['aesthetic', 'happy', 'natural', 'new', 'scary', 'complex', 'happy@ensemble']
+    paths, images = _images(folder)
+    assert [r['path'] for r in rows] == paths
+    expected = _direct(config, names, images)
+    np.testing.assert_allclose([[r[n] for n in names] for r in rows], expected, atol=1e-5)
+
+
+def test_profile_prints_and_writes_radar_charts(setup, tmp_path, capsys):
+    root, folder, config = setup
+    charts = tmp_path / 'charts'
+    assert main(['profile', str(folder / '01.png'), '-a', 'look', '--radar-dir', str(charts)] + _clip(config)) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].split() == ['path', 'brightness', 'sharpness', 'noisiness', 'colorfulness', 'contrast']
+    assert len(printed) == 2
+    assert sorted(os.listdir(charts)) == ['01.png', '01.svg']
+
+
+def test_extra_scorer_hook_with_a_plain_clipiqa(setup):
+    root, folder, config = setup
+    paths, images = _images(folder)
+    feel = uiqa_plugin.create_metric('feel', clip_model=config, clip_pretrained=None, device='cpu')
+    quality = CLIPIQA('quality', clip_model=config, clip_pretrained=None).eval()
+    look = CLIPIQA('sharpness,contrast', clip_model=config, clip_pretrained=None).eval()
+    result = profile_images(feel, str(folder), extra_scorers={'trained_quality': quality, 'look': look},
+                            progress=False)
+    assert result.attribute_names == feel.attribute_names + ['trained_quality', 'look/sharpness', 'look/contrast']
+    got = np.array([[r[n] for n in result.attribute_names] for r in result.rows])
+    np.testing.assert_allclose(got[:, 6], _direct(config, 'quality', images)[:, 0], atol=1e-5)
+    np.testing.assert_allclose(got[:, 7:], _direct(config, 'sharpness,contrast', images), atol=1e-5)
+    np.testing.assert_allclose(got[:, :6], _direct(config, 'feel', images), atol=1e-5)
+
+    def wrong(images):  # two columns but no names
+        return torch.zeros(images.shape[0], 2)
+    with pytest.raises(ValueError, match="extra scorer 'bad' returned 2 columns"):
+        ProfileScorer(feel, {'bad': wrong})(images)
+    with pytest.raises(ValueError, match='clashes'):
+        ProfileScorer(feel, {'happy': quality})
+
+
+def test_scorer_factory_from_the_command_line(setup, tmp_path, monkeypatch):
+    root, folder, config = setup
+    module = tmp_path / 'my_scorers.py'
+    module.write_text(textwrap.dedent(f'''
+        from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
+        def build(device=None):
+            return CLIPIQA('quality', clip_model={config!r}, clip_pretrained=None).to(device or 'cpu')
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / 'p.json'
+    assert main(['profile', str(folder), '-a', 'happy', '--scorer', 'q=my_scorers:build', '--out', str(out),
+                 '--device', 'cpu'] + _clip(config)) == 0
+    rows = json.loads(out.read_text())
+    paths, images = _images(folder)
+    np.testing.assert_allclose([r['q'] for r in rows], _direct(config, 'quality', images)[:, 0], atol=1e-5)
+    assert main(['profile', str(folder), '--scorer', 'q=my_scorers:nothing'] + _clip(config)) == 2
+    assert main(['profile', str(folder), '--scorer', 'q'] + _clip(config)) == 2
+
+
+def test_radar_overlay_and_tables(setup, tmp_path):
+    root, folder, config = setup
+    assert main(['radar', str(folder), '-a', 'feel', '--out-dir', str(tmp_path / 'o'), '--overlay', 'all',
+                 '--format', 'svg'] + _clip(config)) == 0
+    assert os.listdir(tmp_path / 'o') == ['all.svg']
+    a, b = tmp_path / 'paper.csv', tmp_path / 'ens.csv'
+    assert main(['profile', str(folder), '-a', 'happy,scary,new', '--out', str(a)] + _clip(config)) == 0
+    with open(b, 'w', newline='') as f:  # the ensemble scores under the same column names
+        rows = [dict(r) for r in csv.DictReader(open(a))]
+        for r in rows:
+            r['happy'] = '0.9'
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(['radar', '--table', str(a), '--table', str(b), '--label', 'paper', '--label', 'other',
+                 '--out-dir', str(tmp_path / 'cmp'), '--format', 'png']) == 0
+    assert sorted(os.listdir(tmp_path / 'cmp')) == [f'{i:02d}.png' for i in range(1, N_IMAGES + 1)]
+    assert main(['radar', str(folder), '--table', str(a), '--out-dir', str(tmp_path / 'x')]) == 2
+
+
+def test_report_command(setup, tmp_path):
+    root, folder, config = setup
+    page = tmp_path / 'r' / 'report.html'
+    assert main(['report', str(folder), '-a', 'feel', '--out', str(page), '--images', 'link'] + _clip(config)) == 0
+    text = page.read_text()
+    link = os.path.relpath(folder / '01.png', page.parent)
+    assert text.count('<tr>') == N_IMAGES + 1 and f'src="{link}"' in text and link.startswith('..')
+
+
+def test_evaluate_command(setup, tmp_path, capsys):
+    root, folder, config = setup
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy,aesthetics\n1,0.1,0.9\n2,0.5,0.3\n3,0.2,0.2\n4,0.9,0.5\n5,0.7,0.6\n')
+    out, chart = tmp_path / 'agree.json', tmp_path / 'agree.png'
+    code = main(['evaluate', str(ratings), str(folder), '--map', 'aesthetics=aesthetic', '--prompt-set', 'both',
+                 '--n-boot', '50', '--out', str(out), '--chart', str(chart), '--device', 'cpu'] + _clip(config))
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r['attribute'] for r in rows] == ['happy', 'happy@ensemble', 'aesthetic', 'aesthetic@ensemble']
+    paths, images = _images(folder)
+    happy = _direct(config, 'happy', images)[:, 0]
+    assert rows[0]['srcc'] == pytest.approx(stats.spearmanr(happy, [0.1, 0.5, 0.2, 0.9, 0.7]).statistic, abs=1e-6)
+    assert rows[0]['plcc_low'] <= rows[0]['plcc'] <= rows[0]['plcc_high']
+    assert chart.exists() and 'srcc' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('content, args, message', [
+    ('image number,happy\n1,0.1\n2,x\n', [], "row 2 (line 3), column 'happy': 'x' is not a number"),
+    ('image number,happy\n1,0.1\n9,0.3\n', [], "rated image(s) not found"),
+    ('image number,aesthetics\n1,0.1\n2,0.3\n', [], "column 'aesthetics' is not an attribute"),
+    ('image number,happy\n1,0.1\n2,0.3\n', ['--map', 'joy=happy'], "no column 'joy'"),
+    ('image number,happy\n1,0.1\n2,0.3\n', ['--image-column', 'file'], "no column 'file'"),
+])
+def test_evaluate_command_errors(setup, tmp_path, capsys, content, args, message):
+    root, folder, config = setup
+    ratings = tmp_path / 'bad ratings.csv'
+    ratings.write_text(content)
+    assert main(['evaluate', str(ratings), str(folder), '--n-boot', '0'] + args + _clip(config)) == 2
+    err = capsys.readouterr().err
+    assert 'uiqa-profile evaluate:' in err and 'bad ratings.csv' in err and message in err
+
+
+def test_sensitivity_command(setup, tmp_path, capsys):
+    root, folder, config = setup
+    phr, summary, scores = tmp_path / 'phr.csv', tmp_path / 'sum.json', tmp_path / 'scores.csv'
+    assert main(['sensitivity', str(folder), '-a', 'happy', '--out', str(phr), '--summary-out', str(summary),
+                 '--scores-out', str(scores)] + _clip(config)) == 0
+    printed = capsys.readouterr().out
+    assert 'happy@ensemble' in printed and 'This photo feels joyful.' in printed
+    paths, images = _images(folder)
+    pairs = ENSEMBLE_PHRASINGS['happy']
+    singles = _direct(config, [Attribute(f'h{k}', (p,)) for k, p in enumerate(pairs)], images)
+    rows, _ = read_score_table(str(scores))
+    np.testing.assert_allclose([[r[f'happy@ensemble[{k}]'] for k in range(4)] for r in rows], singles, atol=1e-5)
+    per_phrasing = list(csv.DictReader(open(phr)))
+    assert [(r['positive'], r['negative']) for r in per_phrasing] == pairs
+    for k, r in enumerate(per_phrasing):
+        assert float(r['srcc_paper']) == pytest.approx(stats.spearmanr(singles[:, k], singles[:, 0]).statistic,
+                                                       abs=1e-9)
+        assert float(r['mean']) == pytest.approx(singles[:, k].mean(), abs=1e-6)
+    summary_row, = json.loads(summary.read_text())
+    pairwise = [stats.spearmanr(singles[:, i], singles[:, j]).statistic for i in range(4) for j in range(i + 1, 4)]
+    assert summary_row['mean_srcc'] == pytest.approx(np.mean(pairwise), abs=1e-9)
+    assert summary_row['min_srcc'] == pytest.approx(np.min(pairwise), abs=1e-9)
+
+
+def test_phrasings_and_usage_errors(setup, capsys):
+    root, folder, config = setup
+    assert main(['phrasings', '-a', 'scary']) == 0
+    out = capsys.readouterr().out
+    assert "0: 'Scary photo.' / 'Peaceful photo.'   <- paper" in out and 'a creepy photo' in out
+    assert main(['profile', str(folder), '-a', 'hapy'] + _clip(config)) == 2
+    assert 'Did you mean happy' in capsys.readouterr().err
+    assert main(['profile', str(root / 'nothing-here')] + _clip(config)) == 1

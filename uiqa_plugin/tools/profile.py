@@ -1,0 +1,456 @@
+"""uiqa-profile: how images feel to CLIP, as tables, radar charts, HTML reports, agreement with human
+ratings and prompt-phrasing sensitivity.
+
+    uiqa-profile profile photos/ -a feel --out feel.csv --radar-dir charts/
+    uiqa-profile radar photos/ -a feel,look --out-dir charts/ [--overlay all]
+    uiqa-profile radar --table paper.csv --table ensemble.csv --out-dir compare/
+    uiqa-profile report photos/ -a feel@ensemble --out report.html [--images link]
+    uiqa-profile evaluate ratings.csv photos/ --map aesthetics=aesthetic --out agreement.csv --chart agreement.png
+    uiqa-profile sensitivity photos/ -a feel
+    uiqa-profile phrasings -a feel
+
+Attributes: names, presets (look, feel, feel_extra, pyiqa), 'positive|negative' pairs, prompt
+ensembles (happy@ensemble, feel@ensemble, look@ensemble, ensemble) and your own attributes with
+several phrasings from --attributes-file (JSON/YAML: {"cosy": ["Cosy photo.|Bleak photo.", ...]}).
+"""
+import argparse
+import os.path as osp
+import sys
+import warnings
+
+from uiqa_plugin.tools.score import add_clip_arguments
+from uiqa_plugin.tools.table_io import format_table, write_table
+
+PROG = 'uiqa-profile'
+
+
+class CommandError(Exception):
+    """A problem to report on one line and exit with ``code``."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+def _say(command, message):
+    print(f'{PROG} {command}: {message}', file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- shared argument groups
+
+def _add_attribute_arguments(parser, default='feel'):
+    parser.add_argument('--attributes', '-a', default=default,
+                        help='comma-separated attribute names, presets, "positive|negative" pairs or '
+                             'ensembles (happy@ensemble, feel@ensemble, ensemble)')
+    parser.add_argument('--attributes-file', default=None,
+                        help='JSON/YAML file of your own attributes: {name: ["pos|neg", ...]} (several '
+                             'phrasings are averaged)')
+    parser.add_argument('--ensemble-mode', choices=('mean_prob', 'mean_logit'), default='mean_prob',
+                        help='how the phrasings of one attribute combine')
+
+
+def _add_scoring_arguments(parser, inputs_required=True, attributes_default='feel'):
+    parser.add_argument('inputs', nargs='+' if inputs_required else '*',
+                        help='image files, folders (recursive) or glob patterns')
+    _add_attribute_arguments(parser, attributes_default)
+    add_clip_arguments(parser)
+    parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
+    parser.add_argument('--no-progress', action='store_true', help='hide progress bars')
+
+
+def _formats(text):
+    formats = [f.strip().lower() for f in text.split(',') if f.strip()]
+    bad = [f for f in formats if f not in ('png', 'svg', 'pdf')]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f'chart formats are png, svg, pdf (comma-separated), got {text!r}')
+    return formats
+
+
+def _resolve(args):
+    """The attributes asked for (Attribute objects), after loading --attributes-file."""
+    import uiqa_plugin.perception  # noqa: F401  (registers the @ensemble attributes)
+    from uiqa_plugin.perception.ensembles import load_attribute_file
+    from uiqa_plugin.prompts import resolve_attributes
+    if getattr(args, 'attributes_file', None):
+        load_attribute_file(args.attributes_file)
+    return resolve_attributes(args.attributes)
+
+
+def _build_metric(args, attributes):
+    import uiqa_plugin
+    with warnings.catch_warnings():
+        warnings.simplefilter('default')  # show the random-weights warning once, not as an error
+        return uiqa_plugin.create_metric(attributes, clip_model=args.clip_model,
+                                         clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
+                                         ensemble=args.ensemble_mode)
+
+
+def _pretrained(value):
+    return None if value is None or str(value).lower() == 'none' else value
+
+
+def _score(args, command, extra_scorers=None):
+    """Score ``args.inputs``; returns (ScoreResult, attributes). Prints skipped files."""
+    from uiqa_plugin.perception.profile import profile_images
+    if args.batch_size < 1:
+        raise CommandError('--batch-size must be at least 1')
+    attributes = _resolve(args)
+    metric = _build_metric(args, attributes)
+    result = profile_images(metric, args.inputs, extra_scorers=extra_scorers, batch_size=args.batch_size,
+                            strict=args.strict, progress=not args.no_progress)
+    for path, message in result.failures:
+        _say(command, f'skipped {message if message.startswith(path) else f"{path}: {message}"}')
+    if not result.rows:
+        raise CommandError('no image could be scored', code=1)
+    return result, attributes
+
+
+def _write_or_print(command, rows, columns, out):
+    if out:
+        write_table(rows, columns, out)
+        _say(command, f'wrote {len(rows)} rows to {out}')
+    else:
+        print(format_table(rows, columns))
+
+
+def _chart_stems(paths, out_dir):
+    """A unique file stem in ``out_dir`` for each image path (name clashes get -2, -3...)."""
+    stems, used = [], set()
+    for path in paths:
+        base = osp.splitext(osp.basename(path))[0] or 'image'
+        stem, k = base, 1
+        while stem in used:
+            k += 1
+            stem = f'{base}-{k}'
+        used.add(stem)
+        stems.append(osp.join(out_dir, stem))
+    return stems
+
+
+def write_radar_charts(rows, attribute_names, out_dir, formats=('png', 'svg'), with_image=True, progress=True):
+    """One radar chart per row (image) into ``out_dir``; returns the written paths."""
+    from tqdm import tqdm
+
+    from uiqa_plugin.data.image_io import ImageReadError, read_image
+    from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
+    written = []
+    stems = _chart_stems([row['path'] for row in rows], out_dir)
+    for row, stem in tqdm(list(zip(rows, stems)), desc='radar', unit='chart', disable=not progress):
+        images = []
+        if with_image:
+            try:
+                images = [thumbnail(read_image(row['path']), 384)]
+            except ImageReadError as exc:
+                warnings.warn(f'radar: no thumbnail for {exc}', RuntimeWarning, stacklevel=2)
+        name = osp.basename(row['path'])
+        chart = radar_chart([(name, [row[n] for n in attribute_names])], attribute_names, images=images, title=name)
+        written += save_chart(chart.figure, stem, formats)
+    return written
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+def cmd_profile(args):
+    from uiqa_plugin.perception.profile import load_scorer
+    extra = dict(load_scorer(spec, device=args.device) for spec in args.scorer)
+    result, _ = _score(args, 'profile', extra_scorers=extra)
+    _write_or_print('profile', result.rows, ['path'] + result.attribute_names, args.out)
+    if args.radar_dir:
+        files = write_radar_charts(result.rows, result.attribute_names, args.radar_dir, args.radar_format,
+                                   progress=not args.no_progress)
+        _say('profile', f'wrote {len(files)} chart file(s) to {args.radar_dir}')
+    return 1 if result.failures else 0
+
+
+def _rows_from_tables(command, tables, labels):
+    """Read several score tables -> (labels, attribute names common to all, {path: [row per table]})."""
+    from uiqa_plugin.perception.profile import read_score_table
+    if labels and len(labels) != len(tables):
+        raise CommandError(f'{len(labels)} --label for {len(tables)} --table: give one label per table')
+    loaded = [read_score_table(t) for t in tables]
+    labels = labels or [osp.splitext(osp.basename(t))[0] for t in tables]
+    names = [n for n in loaded[0][1] if all(n in attrs for _, attrs in loaded[1:])]
+    if not names:
+        raise CommandError('the tables share no score column')
+    dropped = sorted({n for _, attrs in loaded for n in attrs} - set(names))
+    if dropped:
+        _say(command, f'columns not in every table, left out: {", ".join(dropped)}')
+    by_path = {}
+    for k, (rows, _) in enumerate(loaded):
+        for row in rows:
+            by_path.setdefault(row['path'], [None] * len(loaded))[k] = row
+    incomplete = [p for p, rs in by_path.items() if any(r is None for r in rs)]
+    if incomplete:
+        _say(command, f'{len(incomplete)} image(s) not in every table, left out (e.g. {incomplete[0]})')
+    return labels, names, {p: rs for p, rs in by_path.items() if p not in incomplete}
+
+
+def cmd_radar(args):
+    from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
+    if bool(args.table) == bool(args.inputs):
+        raise CommandError('give either images to score or --table score tables (not both)')
+    written = []
+    if args.table:
+        labels, names, by_path = _rows_from_tables('radar', args.table, args.label)
+        if not by_path:
+            raise CommandError('no image is in every table', code=1)
+        from uiqa_plugin.data.image_io import ImageReadError, read_image
+        for path, stem in zip(by_path, _chart_stems(list(by_path), args.out_dir)):
+            try:
+                images = [thumbnail(read_image(path), 384)]
+            except ImageReadError:
+                images = []  # the table may come from another machine
+            series = [(label, [row[n] for n in names]) for label, row in zip(labels, by_path[path])]
+            chart = radar_chart(series, names, images=images, title=osp.basename(path))
+            written += save_chart(chart.figure, stem, args.format)
+        code = 0
+    else:
+        result, _ = _score(args, 'radar')
+        names = result.attribute_names
+        if args.overlay:
+            from uiqa_plugin.data.image_io import read_image
+            series = [(osp.basename(r['path']), [r[n] for n in names]) for r in result.rows]
+            images = [thumbnail(read_image(r['path']), 192) for r in result.rows] if len(series) <= 6 else []
+            chart = radar_chart(series, names, images=images, title=args.overlay)
+            written += save_chart(chart.figure, osp.join(args.out_dir, args.overlay), args.format)
+        else:
+            written += write_radar_charts(result.rows, names, args.out_dir, args.format,
+                                          progress=not args.no_progress)
+        code = 1 if result.failures else 0
+    _say('radar', f'wrote {len(written)} chart file(s) to {args.out_dir}')
+    return code
+
+
+def cmd_report(args):
+    from uiqa_plugin.perception.report import write_report
+    if bool(args.table) == bool(args.inputs):
+        raise CommandError('give either images to score or --table with a score table (not both)')
+    if args.table:
+        from uiqa_plugin.perception.profile import read_score_table
+        rows, names = read_score_table(args.table)
+        attributes, description, code = None, f'Scores from {args.table}.', 0
+    else:
+        result, attributes = _score(args, 'report')
+        rows, names = result.rows, result.attribute_names
+        description = f'CLIP {args.clip_model} ({args.clip_pretrained}), ensemble mode {args.ensemble_mode}.'
+        code = 1 if result.failures else 0
+    write_report(rows, names, args.out, images=args.images, attributes=attributes, chart_format=args.chart,
+                 thumb_size=args.thumb_size, title=args.title, description=description,
+                 progress=not args.no_progress)
+    _say('report', f'wrote {args.out} ({len(rows)} images)')
+    return code
+
+
+def _parse_map(items):
+    mapping = {}
+    for item in items:
+        for part in item.split(','):
+            if not part.strip():
+                continue
+            column, sep, attribute = part.partition('=')
+            if not sep or not column.strip() or not attribute.strip():
+                raise CommandError(f'--map {part!r} must be COLUMN=ATTRIBUTE (e.g. aesthetics=aesthetic)')
+            mapping[column.strip()] = attribute.strip()
+    return mapping
+
+
+def cmd_evaluate(args):
+    import uiqa_plugin.perception  # noqa: F401
+    from uiqa_plugin.perception.agreement import evaluate_ratings, plot_agreement, table_columns
+    from uiqa_plugin.perception.ensembles import load_attribute_file, with_ensembles
+    from uiqa_plugin.perception.ratings import read_ratings
+    from uiqa_plugin.prompts import get_attribute
+    if args.batch_size < 1:
+        raise CommandError('--batch-size must be at least 1')
+    if not 0 < args.alpha < 1:
+        raise CommandError('--alpha must be in (0, 1)')
+    if args.attributes_file:
+        load_attribute_file(args.attributes_file)
+    columns = [c.strip() for c in args.columns.split(',') if c.strip()] if args.columns else None
+    ratings = read_ratings(args.ratings, image_column=args.image_column, column_map=_parse_map(args.map),
+                           columns=columns)
+    attributes = []
+    for name in ratings.attribute_names:
+        try:
+            attributes.append(get_attribute(name))
+        except KeyError as exc:
+            raise CommandError(f'{args.ratings}: column {ratings.sources[name]!r} is not an attribute '
+                               f'({exc.args[0]}) Map it with --map {ratings.sources[name]}=ATTRIBUTE or leave it '
+                               'out with --columns.') from None
+    if args.prompt_set == 'ensemble':
+        attributes = with_ensembles(attributes)
+    elif args.prompt_set == 'both':  # each paper pair next to its ensemble
+        attributes = list(dict.fromkeys(a for pair in zip(attributes, with_ensembles(attributes)) for a in pair))
+    metric = _build_metric(args, attributes)
+    rows, scores = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
+                                    seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    columns = ['attribute', 'column'] + table_columns(with_intervals=args.n_boot > 0)[1:]
+    if args.out:
+        write_table(rows, columns, args.out)
+        _say('evaluate', f'wrote {args.out}')
+    print(format_table(rows, columns, digits=3))
+    if args.scores_out:
+        write_table(scores, ['path'] + metric.attribute_names, args.scores_out)
+        _say('evaluate', f'wrote {args.scores_out}')
+    if args.chart:
+        plot_agreement(rows, args.chart, title=f'Agreement with {osp.basename(args.ratings)}',
+                       confidence=1 - args.alpha)
+        _say('evaluate', f'wrote {args.chart}')
+    return 0
+
+
+def cmd_sensitivity(args):
+    from uiqa_plugin.perception.ensembles import with_ensembles
+    from uiqa_plugin.perception.sensitivity import score_phrasings, sensitivity_tables
+    if args.batch_size < 1:
+        raise CommandError('--batch-size must be at least 1')
+    attributes = with_ensembles(_resolve(args))
+    single = [a.name for a in attributes if len(a.pairs) < 2]
+    if single:
+        _say('sensitivity', f'only one phrasing, nothing to compare: {", ".join(single)} '
+                            '(give several in --attributes-file)')
+    with warnings.catch_warnings():
+        warnings.simplefilter('default')
+        results, failures = score_phrasings(attributes, args.inputs, clip_model=args.clip_model,
+                                            clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
+                                            batch_size=args.batch_size, strict=args.strict,
+                                            progress=not args.no_progress)
+    for path, message in failures:
+        _say('sensitivity', f'skipped {message if message.startswith(path) else f"{path}: {message}"}')
+    if not results or not results[0].paths:
+        raise CommandError('no image could be scored', code=1)
+    if len(results[0].paths) < 3:
+        _say('sensitivity', f'only {len(results[0].paths)} image(s): rank correlations need several')
+    per_phrasing, per_attribute = sensitivity_tables(results)
+    summary_cols = ['attribute', 'phrasings', 'images', 'mean_srcc', 'min_srcc', 'srcc_paper_ensemble', 'spread']
+    phrasing_cols = ['attribute', 'phrasing', 'positive', 'negative', 'mean', 'std', 'srcc_paper', 'srcc_others']
+    print('Stability of each attribute across phrasings (SRCC between phrasings over the images):')
+    print(format_table(per_attribute, summary_cols, digits=3))
+    print()
+    print('Each phrasing:')
+    print(format_table(per_phrasing, phrasing_cols, digits=3))
+    if args.out:
+        write_table(per_phrasing, phrasing_cols, args.out)
+        _say('sensitivity', f'wrote {args.out}')
+    if args.summary_out:
+        write_table(per_attribute, summary_cols, args.summary_out)
+        _say('sensitivity', f'wrote {args.summary_out}')
+    if args.scores_out:
+        wide, columns = [], ['path']
+        for item in results:
+            columns += [f'{item.attribute.name}[{k}]' for k in range(item.scores.shape[1])]
+        for n, path in enumerate(results[0].paths):
+            row = {'path': path}
+            for item in results:
+                row.update({f'{item.attribute.name}[{k}]': float(v) for k, v in enumerate(item.scores[n])})
+            wide.append(row)
+        write_table(wide, columns, args.scores_out)
+        _say('sensitivity', f'wrote {args.scores_out}')
+    return 1 if failures else 0
+
+
+def cmd_phrasings(args):
+    attributes = _resolve(args)
+    from uiqa_plugin.perception.ensembles import with_ensembles
+    for plain, ens in zip(attributes, with_ensembles(attributes)):
+        print(f'{ens.name}  ({ens.description})')
+        for k, (pos, neg) in enumerate(ens.pairs):
+            print(f'  {k}: {pos!r} / {neg!r}{"   <- paper" if k == 0 and ens is not plain else ""}')
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser and entry point
+
+def build_parser():
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0].split(': ', 1)[1],
+                                     epilog='Run "uiqa-profile COMMAND -h" for the options of a command.')
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+
+    p = sub.add_parser('profile', formatter_class=fmt, help='score attributes of images: a table (+ radar charts)')
+    _add_scoring_arguments(p)
+    p.add_argument('--out', '-o', default=None, help='write a .csv or .json table (default: print it)')
+    p.add_argument('--radar-dir', default=None, help='also write one radar chart per image into this folder')
+    p.add_argument('--radar-format', type=_formats, default=['png', 'svg'], help='chart formats, e.g. png,svg')
+    p.add_argument('--scorer', action='append', default=[], metavar='NAME=MODULE:FACTORY',
+                   help='extra column from another model: FACTORY(device=...) returns a callable mapping '
+                        'RGB (N,3,H,W) in [0,1] to (N,) scores (repeatable)')
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser('radar', formatter_class=fmt, help='radar charts, one per image or overlaid')
+    _add_scoring_arguments(p, inputs_required=False)
+    p.add_argument('--out-dir', required=True, help='folder for the charts')
+    p.add_argument('--format', type=_formats, default=['png', 'svg'], help='chart formats, e.g. png,svg')
+    p.add_argument('--overlay', default=None, metavar='NAME', help='one chart NAME.png with all images overlaid')
+    p.add_argument('--table', action='append', default=[],
+                   help='plot scores from a table instead of scoring; several tables (models, prompt sets) '
+                        'are overlaid per image (repeatable)')
+    p.add_argument('--label', action='append', default=[], help='legend label of each --table (repeatable)')
+    p.set_defaults(func=cmd_radar)
+
+    p = sub.add_parser('report', formatter_class=fmt, help='one self-contained HTML page: table + radar charts')
+    _add_scoring_arguments(p, inputs_required=False)
+    p.add_argument('--out', '-o', required=True, help='the .html file to write')
+    p.add_argument('--images', choices=('embed', 'link'), default='embed',
+                   help='embed base64 thumbnails, or link the files relative to the page')
+    p.add_argument('--chart', choices=('svg', 'png'), default='svg', help='format of the embedded radar charts')
+    p.add_argument('--thumb-size', type=int, default=256, help='longer side of embedded thumbnails (pixels)')
+    p.add_argument('--title', default='Attribute profile report', help='page title')
+    p.add_argument('--table', default=None, help='report the scores of this table instead of scoring')
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser('evaluate', formatter_class=fmt,
+                       help='agreement with human ratings: PLCC, SRCC, KRCC, 2AFC with bootstrap intervals')
+    p.add_argument('ratings', help='CSV: an image column and one numeric column per attribute (any range)')
+    p.add_argument('images', nargs='+', help='folder(s) holding the rated images')
+    p.add_argument('--map', action='append', default=[], metavar='COLUMN=ATTRIBUTE',
+                   help='ratings column -> attribute, e.g. aesthetics=aesthetic (repeatable or comma-separated)')
+    p.add_argument('--image-column', default=None,
+                   help='column naming the images (default: image / image number / name / file ..., else the first)')
+    p.add_argument('--columns', default=None, help='comma-separated ratings columns to use (default: all)')
+    p.add_argument('--prompt-set', choices=('paper', 'ensemble', 'both'), default='paper',
+                   help="the paper's pairs, the @ensemble phrasings, or both side by side")
+    p.add_argument('--attributes-file', default=None, help='JSON/YAML file of your own attributes (see profile)')
+    p.add_argument('--ensemble-mode', choices=('mean_prob', 'mean_logit'), default='mean_prob')
+    add_clip_arguments(p)
+    p.add_argument('--n-boot', type=int, default=1000, help='bootstrap resamples (0: no intervals)')
+    p.add_argument('--alpha', type=float, default=0.05, help='1 - confidence of the intervals')
+    p.add_argument('--seed', type=int, default=0, help='bootstrap seed')
+    p.add_argument('--out', '-o', default=None, help='also write the table as .csv or .json')
+    p.add_argument('--chart', default=None, help='bar chart file (.png or .svg)')
+    p.add_argument('--scores-out', default=None, help='write the model scores of the rated images (.csv/.json)')
+    p.add_argument('--no-progress', action='store_true', help='hide progress bars')
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser('sensitivity', formatter_class=fmt,
+                       help='how much each attribute depends on the prompt wording')
+    _add_scoring_arguments(p)
+    p.add_argument('--out', '-o', default=None, help='write the per-phrasing table (.csv/.json)')
+    p.add_argument('--summary-out', default=None, help='write the per-attribute summary (.csv/.json)')
+    p.add_argument('--scores-out', default=None, help='write every phrasing score of every image (.csv/.json)')
+    p.set_defaults(func=cmd_sensitivity)
+
+    p = sub.add_parser('phrasings', formatter_class=fmt, help='list the ensemble phrasings of attributes')
+    _add_attribute_arguments(p, default='ensemble')
+    p.set_defaults(func=cmd_phrasings)
+    return parser
+
+
+def main(argv=None):
+    """Run ``uiqa-profile``; returns the exit code (0 ok, 1 some images failed, 2 bad usage or input)."""
+    args = build_parser().parse_args(argv)
+    from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.data.image_io import ImageReadError
+    try:
+        return args.func(args)
+    except CommandError as exc:
+        _say(args.command, str(exc))
+        return exc.code
+    except (ClipLoadError, ImageReadError, KeyError, ValueError, FileNotFoundError) as exc:
+        _say(args.command, exc.args[0] if exc.args else str(exc))
+        return 2
+
+
+if __name__ == '__main__':
+    sys.exit(main())
