@@ -178,9 +178,10 @@ def test_sensitivity_command(setup, tmp_path, capsys):
     root, folder, config = setup
     phr, summary, scores = tmp_path / 'phr.csv', tmp_path / 'sum.json', tmp_path / 'scores.csv'
     assert main(['sensitivity', str(folder), '-a', 'happy', '--out', str(phr), '--summary-out', str(summary),
-                 '--scores-out', str(scores)] + _clip(config)) == 0
+                 '--scores-out', str(scores), '--matrix'] + _clip(config)) == 0
     printed = capsys.readouterr().out
     assert 'happy@ensemble' in printed and 'This photo feels joyful.' in printed
+    assert 'SRCC between the phrasings of happy@ensemble' in printed
     paths, images = _images(folder)
     pairs = ENSEMBLE_PHRASINGS['happy']
     singles = _direct(config, [Attribute(f'h{k}', (p,)) for k, p in enumerate(pairs)], images)

@@ -329,6 +329,16 @@ def cmd_sensitivity(args):
     print()
     print('Each phrasing:')
     print(format_table(per_phrasing, phrasing_cols, digits=3))
+    if args.matrix:
+        from uiqa_plugin.perception.sensitivity import srcc_matrix
+        for item in results:
+            k = item.scores.shape[1]
+            if k < 2:
+                continue
+            matrix = srcc_matrix(item.scores)
+            print(f'\nSRCC between the phrasings of {item.attribute.name} (row/column k = phrasing k):')
+            print(format_table([{'k': i, **{str(j): float(matrix[i, j]) for j in range(k)}} for i in range(k)],
+                               ['k'] + [str(j) for j in range(k)], digits=3))
     if args.out:
         write_table(per_phrasing, phrasing_cols, args.out)
         _say('sensitivity', f'wrote {args.out}')
@@ -352,18 +362,33 @@ def cmd_sensitivity(args):
 def cmd_phrasings(args):
     attributes = _resolve(args)
     from uiqa_plugin.perception.ensembles import with_ensembles
-    for plain, ens in zip(attributes, with_ensembles(attributes)):
+    from uiqa_plugin.perception.ensembles import ENSEMBLE_PHRASINGS, base_name
+    for ens in with_ensembles(attributes):
         print(f'{ens.name}  ({ens.description})')
+        curated = ENSEMBLE_PHRASINGS.get(base_name(ens.name), [])
         for k, (pos, neg) in enumerate(ens.pairs):
-            print(f'  {k}: {pos!r} / {neg!r}{"   <- paper" if k == 0 and ens is not plain else ""}')
+            paper = k == 0 and curated[:1] == [(pos, neg)]
+            print(f'  {k}: {pos!r} / {neg!r}{"   <- paper" if paper else ""}')
     return 0
 
 
 # ----------------------------------------------------------------------------- parser and entry point
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Shows a default only where it says something and the help text does not already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if 'default' in text or action.default in (None, [], False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        default = ','.join(action.default) if isinstance(action.default, list) else action.default
+        return f'{text} (default: {default})'
+
+
 def build_parser():
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split('\n')[0].split(': ', 1)[1],
+    fmt = _DefaultsFormatter
+    summary = ' '.join(__doc__.split('\n\n')[0].split()).split(': ', 1)[1]
+    parser = argparse.ArgumentParser(prog=PROG, description=summary,
                                      epilog='Run "uiqa-profile COMMAND -h" for the options of a command.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
@@ -412,7 +437,8 @@ def build_parser():
     p.add_argument('--prompt-set', choices=('paper', 'ensemble', 'both'), default='paper',
                    help="the paper's pairs, the @ensemble phrasings, or both side by side")
     p.add_argument('--attributes-file', default=None, help='JSON/YAML file of your own attributes (see profile)')
-    p.add_argument('--ensemble-mode', choices=('mean_prob', 'mean_logit'), default='mean_prob')
+    p.add_argument('--ensemble-mode', choices=('mean_prob', 'mean_logit'), default='mean_prob',
+                   help='how the phrasings of one attribute combine')
     add_clip_arguments(p)
     p.add_argument('--n-boot', type=int, default=1000, help='bootstrap resamples (0: no intervals)')
     p.add_argument('--alpha', type=float, default=0.05, help='1 - confidence of the intervals')
@@ -429,6 +455,7 @@ def build_parser():
     p.add_argument('--out', '-o', default=None, help='write the per-phrasing table (.csv/.json)')
     p.add_argument('--summary-out', default=None, help='write the per-attribute summary (.csv/.json)')
     p.add_argument('--scores-out', default=None, help='write every phrasing score of every image (.csv/.json)')
+    p.add_argument('--matrix', action='store_true', help='also print the SRCC matrix between phrasings')
     p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser('phrasings', formatter_class=fmt, help='list the ensemble phrasings of attributes')
@@ -447,7 +474,7 @@ def main(argv=None):
     except CommandError as exc:
         _say(args.command, str(exc))
         return exc.code
-    except (ClipLoadError, ImageReadError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (ClipLoadError, ImageReadError, KeyError, ValueError, OSError) as exc:
         _say(args.command, exc.args[0] if exc.args else str(exc))
         return 2
 
