@@ -85,3 +85,5 @@ def test_bad_input():
 def test_long_labels_wrap():
     label = attribute_label('a very long attribute name that goes on')
     assert '\n' in label and all(len(line) <= 14 for line in label.split('\n'))
+    assert attribute_label('aesthetic@ensemble') == 'aesthetic\n@ensemble'
+    assert attribute_label('new@ensemble') == 'new@ensemble'

@@ -34,9 +34,11 @@ class RadarChart:
 
 
 def attribute_label(name, width=14):
-    """Axis label: custom pairs 'pos|neg' become 'pos / neg'; long names wrap onto several lines."""
+    """Axis label: custom pairs 'pos|neg' become 'pos / neg'; long names wrap onto several lines
+    (before an '@' suffix such as '@ensemble' rather than inside a word)."""
     text = ' / '.join(p.strip() for p in name.split('|')) if '|' in name else name
-    return '\n'.join(textwrap.wrap(text, width=width, break_long_words=True)) or name
+    lines = textwrap.wrap(text.replace('@', ' @'), width=width, break_long_words=True)
+    return '\n'.join(lines).replace(' @', '@') or name
 
 
 def _as_series(series, num_attributes):

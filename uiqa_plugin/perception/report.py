@@ -22,9 +22,10 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
 .meta{color:#666;font-size:13px;margin-bottom:12px}
 table{border-collapse:collapse;background:#fff;font-size:13px}
 th,td{border:1px solid #ddd;padding:4px 8px;text-align:right;vertical-align:middle}
-th{background:#f0f0f0;cursor:pointer;user-select:none;position:sticky;top:0}
+th{background:#f0f0f0;cursor:pointer;user-select:none;max-width:9em}
+.scroll{overflow-x:auto;max-width:100%}
 th.sorted-asc::after{content:' \\25B2'} th.sorted-desc::after{content:' \\25BC'}
-td.name,th.name{text-align:left;max-width:320px;word-break:break-all}
+td.name,th.name{text-align:left;min-width:6em;max-width:320px;overflow-wrap:anywhere}
 td.thumb{padding:2px;text-align:center} td.thumb img{max-height:56px;max-width:84px;display:block;margin:auto}
 td.score{font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:16px}
@@ -94,6 +95,11 @@ def _score_color(value):
     return f'#{r:02x}{g:02x}{b:02x}'
 
 
+def _breakable(name):
+    """Escaped column name that may wrap before '@' and after '|' (long ensemble and pair names)."""
+    return html.escape(name).replace('@', '<wbr>@').replace('|', '|<wbr>')
+
+
 def _fmt(value, digits):
     return f'{value:.{digits}f}' if isinstance(value, float) else html.escape(str(value))
 
@@ -133,7 +139,7 @@ def write_report(rows, attribute_names, out_path, images='embed', attributes=Non
     mime = 'image/svg+xml' if chart_format == 'svg' else 'image/png'
 
     head = ['<th data-nosort="1">image</th>', '<th class="name">name</th>']
-    head += [f'<th>{html.escape(n)}</th>' for n in names]
+    head += [f'<th>{_breakable(n)}</th>' for n in names]
     body, cards = [], []
     for row in tqdm(rows, desc='report', unit='img', disable=not progress):
         path = str(row['path'])
@@ -172,8 +178,8 @@ def write_report(rows, attribute_names, out_path, images='embed', attributes=Non
             f'<h1>{html.escape(title)}</h1><div class="meta">{meta} Scores are CLIP probabilities in [0, 1] '
             f'(higher = more of the first prompt). Click a column header to sort (a link ending in '
             f'<code>#sort=column</code> opens it sorted).</div>'
-            f'<table class="sortable" id="scores"><thead><tr>{"".join(head)}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>'
+            f'<div class="scroll"><table class="sortable" id="scores"><thead><tr>{"".join(head)}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>'
             f'{_prompt_list(attributes)}'
             f'<h2>Radar charts</h2><div class="cards">{"".join(cards)}</div>'
             f'<script>{_SCRIPT}</script></body></html>\n')
