@@ -383,9 +383,11 @@ class ClipBackbone(nn.Module):
         self._text_cache.clear()
         return super()._apply(fn, recurse)
 
-    def unfreeze(self, prefixes):
+    def unfreeze(self, prefixes, keep_frozen=()):
         """Let the parameters under these dotted prefixes of the open_clip model train (e.g. 'visual.layer4').
 
+        Parameters whose name ends with one of ``keep_frozen`` stay frozen (the positional
+        embedding when the forward never uses it: DDP refuses parameters without gradients).
         Returns {prefix: module}; the caller registers these modules so that they are saved.
         """
         parts = {}
@@ -394,7 +396,46 @@ class ClipBackbone(nn.Module):
                 module = self.model.get_submodule(prefix)
             except AttributeError:
                 raise ClipLoadError(f'CLIP {self.name} has no part {prefix!r} to fine-tune') from None
-            module.requires_grad_(True)
+            for name, param in module.named_parameters():
+                param.requires_grad_(not name.endswith(tuple(keep_frozen)))
             parts[prefix] = module
         self._text_cache.clear()
         return parts
+
+
+# ----------------------------------------------------------------------------- random CLIPs for demos and tests
+
+def make_random_clip(model_name, seed=0, calibration_images=None, batch_size=32):
+    """A randomly initialised open_clip model, optionally with BatchNorm statistics calibrated on images.
+
+    Random ResNet towers in eval mode map every image to nearly the same feature (their
+    BatchNorm statistics are 0/1 placeholders). Re-estimating the statistics on a few
+    CLIP-normalized images (N, 3, H, W) gives random but image-dependent features, enough
+    for the demo dataset to be learnable offline. Never a substitute for real weights.
+    """
+    model_name = _resolve_model_config(model_name)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = open_clip.create_model(model_name, pretrained=None)
+    model.eval()
+    if calibration_images is not None and isinstance(model.visual, ModifiedResNet):
+        norms = [m for m in model.visual.modules() if isinstance(m, nn.BatchNorm2d)]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over all calibration batches
+            m.train()
+        with torch.no_grad():
+            for start in range(0, len(calibration_images), batch_size):
+                _resnet_forward(model.visual, calibration_images[start:start + batch_size], False)
+        for m in norms:
+            m.eval()
+    return model
+
+
+def save_clip_checkpoint(model, path):
+    """Save an open_clip model as an open_clip-style checkpoint ({'state_dict': ...}) that load_clip reads."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path

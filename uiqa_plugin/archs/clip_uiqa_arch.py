@@ -118,12 +118,19 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         self.regressor = QualityRegressor(in_dim) if head == 'regressor' else None
 
         # Parts of CLIP that train are registered here, so they are saved and loaded with us.
-        parts = clip.unfreeze(list(finetune_clip)) if finetune_clip else {}
+        unused = () if keep_pos_embed else ('positional_embedding',)
+        parts = clip.unfreeze(list(finetune_clip), keep_frozen=unused) if finetune_clip else {}
         self.clip_trainable = nn.ModuleDict({k.replace('.', '__'): m for k, m in parts.items()})
 
     @property
     def attribute_names(self):
         return [attr.name for attr in self.attributes]
+
+    def train(self, mode=True):
+        super().train(mode)
+        # Fine-tuned CLIP parts keep their BatchNorm statistics: eval mode always (SPEC.md 2).
+        self.clip_trainable.eval()
+        return self
 
     def text_features(self):
         """(2K, D): learned prompts once per call, fixed prompts from the cache."""
