@@ -8,6 +8,8 @@ import torch
 
 sys.path.insert(0, osp.dirname(__file__))
 
+import subprocess  # noqa: E402
+
 import uiqa_plugin  # noqa: E402,F401  (installs the basicsr compatibility alias first)
 from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
 
@@ -59,3 +61,20 @@ def tiny_metric_factory(tiny_clip_files):
         return create_metric(attributes, clip_model=tiny_clip_files['config'],
                              clip_pretrained=tiny_clip_files['openai'], device='cpu', **kwargs)
     return make
+
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope='session')
+def demo_data(tmp_path_factory):
+    """The demo dataset and the BatchNorm-calibrated tiny CLIP, built by the shipped scripts."""
+    root = tmp_path_factory.mktemp('demo')
+    data = root / 'demo'
+    for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
+                         ('make_tiny_clip.py', ['--images', str(data / '1024x768'), '--out', str(data / 'tiny.pt'),
+                                                '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
+        out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
+                             text=True, timeout=600, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-3000:]
+    return data

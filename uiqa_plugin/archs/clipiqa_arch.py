@@ -69,7 +69,11 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         diffs = pair_logit_differences(image_features, text.to(image_features.dtype), self.clip.logit_scale())
         return aggregate_phrasings(diffs, self.group_index, len(self.attributes), self.ensemble)
 
+    views = ('image',)
+
     def forward(self, images):
+        if isinstance(images, dict):  # a batch of named views from our datasets
+            images = images['image']
         return self.scores_from_features(self.encode_images(images))
 
     def score(self, images):

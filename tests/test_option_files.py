@@ -1,0 +1,70 @@
+"""Every shipped option YAML validates; the demo ones run end to end; bad files fail clearly."""
+import glob
+import os.path as osp
+
+import pytest
+
+from test_training import REPO, demo_options, evaluate, last_metric, train, write_yaml
+from uiqa_plugin.options import OptionError, load_options, validate_options
+
+REAL = sorted(glob.glob(osp.join(REPO, 'options', '*.yml')))
+DEMO = sorted(glob.glob(osp.join(REPO, 'options', 'demo', '*.yml')))
+
+
+def test_the_design_cards_recipe_ships():
+    names = {osp.basename(p) for p in REAL}
+    assert {'uiqa_koniq.yml', 'uiqa_koniq_charbonnier.yml', 'uiqa_koniq_adamw.yml', 'clipiqa_plus_koniq.yml',
+            'test_clipiqa_koniq.yml'} <= names
+    assert len(DEMO) >= 4
+
+
+@pytest.mark.parametrize('path', REAL, ids=osp.basename)
+def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path):
+    is_train = not osp.basename(path).startswith('test_')
+    with pytest.raises(OptionError) as info:
+        load_options(path, is_train=is_train)
+    problems = str(info.value).splitlines()[1:]
+    assert problems and all('path not found: datasets/koniq10k' in p for p in problems), problems
+
+
+@pytest.mark.parametrize('path', DEMO, ids=osp.basename)
+def test_demo_files_validate_with_the_demo_data(path, demo_data):
+    opt = demo_options(demo_data, yml=path)
+    validate_options(opt, is_train='train' in opt['datasets'], source=osp.basename(path))
+
+
+@pytest.mark.parametrize('name', ['clipiqa_plus_demo.yml', 'uiqa_demo_charbonnier_sgd.yml'])
+def test_demo_training_recipes_run(name, demo_data, tmp_path):
+    opt = demo_options(demo_data, yml=osp.join(REPO, 'options', 'demo', name),
+                       **{'train.total_iter': 6, 'val.val_freq': 1000, 'logger.print_freq': 3,
+                          'logger.save_checkpoint_freq': 1000})
+    if 'periods' in opt['train']['scheduler']:
+        opt['train']['scheduler']['periods'] = [3, 3]
+    log = train(write_yaml(tmp_path, opt), tmp_path)
+    assert 'End of training' in log and -1 <= last_metric(log, 'srcc') <= 1
+
+
+def test_zero_shot_demo_evaluation_runs(demo_data, tmp_path):
+    opt = demo_options(demo_data, yml=osp.join(REPO, 'options', 'demo', 'clipiqa_demo_test.yml'))
+    from test_training import run
+    import sys
+    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt', write_yaml(tmp_path, opt)], tmp_path)
+    assert -1 <= last_metric(log, 'srcc') <= 1
+    assert glob.glob(osp.join(str(tmp_path), 'results', opt['name'], '*_predictions_*.csv'))
+
+
+def test_validation_messages():
+    good = {'name': 'x', 'model_type': 'IQAModel', 'datasets': {'test': {'type': 'ImageFolderDataset'}},
+            'network_g': {'type': 'CLIPIQA'}}
+    validate_options(good, is_train=False)
+    with pytest.raises(OptionError, match=r"network_g.type: unknown arch 'CLIPUQA' \(close: CLIPUIQA"):
+        validate_options(dict(good, network_g={'type': 'CLIPUQA'}), is_train=False)
+    with pytest.raises(OptionError, match=r'datasets.test.type: unknown dataset'):
+        validate_options(dict(good, datasets={'test': {'type': 'KonIQDataset'}}), is_train=False)
+    with pytest.raises(OptionError, match=r'train: required for training'):
+        validate_options(good, is_train=True)
+    with pytest.raises(OptionError, match=r'not valid YAML'):
+        import tempfile
+        with tempfile.NamedTemporaryFile('w', suffix='.yml', delete=False) as f:
+            f.write('name: [unclosed\n')
+        load_options(f.name)
