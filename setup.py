@@ -35,6 +35,8 @@ setup(
     entry_points={
         'console_scripts': [
             'uiqa-score=uiqa_plugin.tools.score:main',
+            'uiqa-profile=uiqa_plugin.tools.profile:main',
+            'uiqa-convert=uiqa_plugin.tools.convert:main',
         ],
     },
 )

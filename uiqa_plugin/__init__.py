@@ -10,11 +10,12 @@ _compat.apply()
 
 from uiqa_plugin.version import __version__  # noqa: E402
 from uiqa_plugin import archs, data, losses, metrics, models  # noqa: E402,F401
+from uiqa_plugin import perception  # noqa: E402,F401  (registers the @ensemble prompt sets)
 
 
 def __getattr__(name):
     # The scoring API pulls in open_clip; import it only when it is asked for.
-    if name in ('create_metric', 'score_paths'):
+    if name in ('create_metric', 'score_paths', 'load_trained_model'):
         from uiqa_plugin import api
         return getattr(api, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

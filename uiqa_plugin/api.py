@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from uiqa_plugin.data.image_io import ImageReadError, image_to_tensor, is_image_file, read_image
+from uiqa_plugin.data.image_io import ImageReadError, is_image_file
 
 
 def default_device():
@@ -29,6 +29,54 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
     metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained, **kwargs)
     return metric.to(device or default_device()).eval()
+
+
+def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None):
+    """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
+
+    The checkpoint carries the arch options (``network_g``) and the view options it was trained
+    with; CLIP itself is loaded as usual, from ``clip_model`` / ``clip_pretrained`` when given
+    (e.g. a local weight file), else from the names stored in the checkpoint.
+    """
+    from basicsr.utils.registry import ARCH_REGISTRY
+    try:
+        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
+    except Exception as exc:  # missing, truncated or foreign file
+        raise ValueError(f'{checkpoint}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})') from exc
+    if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
+        raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
+                         'convert published CLIP-IQA+ weights with uiqa-convert)')
+    options = dict(ckpt['network_g'])
+    arch = options.pop('type')
+    if clip_model is not None:
+        options['clip_model'] = clip_model
+    if clip_pretrained is not None:
+        options['clip_pretrained'] = clip_pretrained
+    model = ARCH_REGISTRY.get(arch)(**options)
+    try:
+        model.load_state_dict(ckpt['params'], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f'{checkpoint}: weights do not fit {arch} built from its own options: {exc}') from exc
+    model.view_options = ckpt.get('view_options')
+    if getattr(model, 'regressor', None) is not None:
+        model.output_names = ['score']
+    return model.to(device or default_device()).eval()
+
+
+def output_names(model):
+    """Column names of a model's output: its attributes, or 'score' for a regression head."""
+    return list(getattr(model, 'output_names', None) or model.attribute_names)
+
+
+def view_pipeline(model):
+    """The evaluation transform chain that turns an image file into the views ``model`` takes."""
+    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
+    from uiqa_plugin.data.transforms import build_transforms, view_transform_specs
+    views = getattr(model, 'view_options', None) or {v: {} for v in getattr(model, 'views', ['image'])}
+    normalized = getattr(model, 'input_normalized', False)
+    specs = view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,
+                                 std=CLIP_STD if normalized else None)
+    return build_transforms(specs, train=False)
 
 
 def collect_image_paths(inputs, recursive=True):
@@ -69,10 +117,11 @@ class ScoreResult:
 
 
 def _batches_by_size(items, batch_size):
-    """Group (index, tensor) items of equal spatial size into batches of at most ``batch_size``."""
+    """Group (index, sample) items whose views have equal sizes into batches of at most ``batch_size``."""
     groups = {}
-    for index, tensor in items:
-        groups.setdefault(tuple(tensor.shape), []).append((index, tensor))
+    for index, sample in items:
+        shapes = tuple(tuple(v.shape) for v in sample.values())
+        groups.setdefault(shapes, []).append((index, sample))
     for group in groups.values():
         for start in range(0, len(group), batch_size):
             yield group[start:start + batch_size]
@@ -80,17 +129,22 @@ def _batches_by_size(items, batch_size):
 
 @torch.no_grad()
 def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, read_ahead=8):
-    """Score image files with ``metric`` (e.g. from ``create_metric``).
+    """Score image files with ``metric`` (``create_metric`` or ``load_trained_model``).
 
-    inputs: files, folders (recursive) and glob patterns. Images of different sizes are
-    batched with others of the same size. Unreadable files are recorded in ``failures``
-    and skipped, or raise ``ImageReadError`` when ``strict``.
+    inputs: files, folders (recursive) and glob patterns. Each file becomes the views the
+    model takes (the original image, and for CLIP-UIQA the fragment mosaic and centre
+    patch). Images of different sizes are batched with others of the same size.
+    Unreadable files are recorded in ``failures`` and skipped, or raise ``ImageReadError``
+    when ``strict``.
     """
     from tqdm import tqdm
     paths, problems = collect_image_paths(inputs)
     if strict and problems:
         raise FileNotFoundError('; '.join(f'{p}: {m}' for p, m in problems))
-    result = ScoreResult(list(metric.attribute_names), failures=list(problems))
+    names = output_names(metric)
+    result = ScoreResult(names, failures=list(problems))
+    pipeline = view_pipeline(metric)
+    views = [v for v in getattr(metric, 'views', ['image'])]
     device = next(iter(metric.buffers()), torch.empty(0)).device
     scores = [None] * len(paths)
     chunk = max(batch_size * read_ahead, 1)
@@ -99,20 +153,22 @@ def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, read_
         loaded = []
         for index in range(start, min(start + chunk, len(paths))):
             try:
-                loaded.append((index, image_to_tensor(read_image(paths[index]))))
+                sample = pipeline({'key': paths[index], 'path': paths[index], 'target': [], 'views': {}})
             except ImageReadError as exc:
                 if strict:
                     raise
                 result.failures.append((paths[index], str(exc)))
                 bar.update(1)
+                continue
+            loaded.append((index, {v: sample[v] for v in views}))
         for batch in _batches_by_size(loaded, batch_size):
-            images = torch.stack([t for _, t in batch]).to(device)
-            out = metric(images).float().cpu()
+            inputs_ = {v: torch.stack([sample[v] for _, sample in batch]).to(device) for v in views}
+            out = metric(inputs_ if len(views) > 1 else inputs_[views[0]]).float().cpu()
             for (index, _), row in zip(batch, out):
                 scores[index] = row.tolist()
             bar.update(len(batch))
     bar.close()
     for path, row in zip(paths, scores):
         if row is not None:
-            result.rows.append({'path': path, **dict(zip(result.attribute_names, row))})
+            result.rows.append({'path': path, **dict(zip(names, row))})
     return result

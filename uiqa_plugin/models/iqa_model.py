@@ -260,8 +260,12 @@ class IQAModel(BaseModel):
         path = osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
         bare = self.get_bare_model(net)
         state = OrderedDict((k, v.detach().cpu()) for k, v in bare.state_dict().items())
+        datasets = self.opt.get('datasets', {})
+        view_options = next((d.get('views') for d in datasets.values() if isinstance(d, dict) and d.get('views')),
+                            None)
         payload = {param_key: state, 'network_g': deepcopy(self.opt['network_g']),
-                   'attribute_names': list(getattr(bare, 'attribute_names', []))}
+                   'attribute_names': list(getattr(bare, 'attribute_names', [])),
+                   'view_options': deepcopy(view_options)}  # lets uiqa-score build the same views
         tmp = path + '.tmp'
         torch.save(payload, tmp)
         os.replace(tmp, path)  # never a half-written checkpoint

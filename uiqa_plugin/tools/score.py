@@ -27,6 +27,9 @@ def build_parser():
                         help="comma-separated attribute names, presets (look, feel, feel_extra, pyiqa) "
                              "or 'positive|negative' pairs")
     add_clip_arguments(parser)
+    parser.add_argument('--checkpoint', default=None,
+                        help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
+                             'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
     parser.add_argument('--out', '-o', default=None, help='write a .csv or .json table (default: print a table)')
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
@@ -59,8 +62,16 @@ def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('default')
-            metric = uiqa_plugin.create_metric(args.attributes, clip_model=args.clip_model,
-                                               clip_pretrained=args.clip_pretrained, device=args.device)
+            if args.checkpoint:
+                from uiqa_plugin.api import load_trained_model
+                explicit = {a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:])}
+                metric = load_trained_model(
+                    args.checkpoint, device=args.device,
+                    clip_model=args.clip_model if '--clip-model' in explicit else None,
+                    clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
+            else:
+                metric = uiqa_plugin.create_metric(args.attributes, clip_model=args.clip_model,
+                                                   clip_pretrained=args.clip_pretrained, device=args.device)
     except (ClipLoadError, KeyError, ValueError) as exc:
         print(f'uiqa-score: {exc.args[0] if exc.args else exc}', file=sys.stderr)
         return 2
@@ -70,7 +81,7 @@ def main(argv=None):
     except (OSError, ValueError) as exc:
         print(f'uiqa-score: {exc}', file=sys.stderr)
         return 1
-    columns = ['path'] + result.attribute_names
+    columns = ['path'] + list(result.attribute_names)
     if args.out:
         write_table(result.rows, columns, args.out)
         print(f'uiqa-score: wrote {len(result.rows)} rows to {args.out}', file=sys.stderr)

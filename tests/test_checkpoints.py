@@ -1,0 +1,126 @@
+"""Trained checkpoints: uiqa-score --checkpoint builds the same views as training; published CLIP-IQA+
+weights convert to our format with the reference token layout."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from basicsr.utils.registry import ARCH_REGISTRY
+from uiqa_plugin.api import load_trained_model
+from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, load_clip
+from uiqa_plugin.data.image_io import read_image
+from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic
+from uiqa_plugin.tools.convert import convert_clipiqa_plus
+from uiqa_plugin.tools.convert import main as convert_main
+from uiqa_plugin.tools.score import main as score_main
+
+VIEWS = {'image': {}, 'fragments': {'grid': 2, 'patch': 16}, 'salient': {'size': 32}}
+
+
+def normalize(img):
+    return torch.from_numpy(((img - np.array(CLIP_MEAN)) / np.array(CLIP_STD)).astype(np.float32).transpose(2, 0, 1))
+
+
+@pytest.fixture
+def uiqa_checkpoint(tiny_clip_files, tmp_path):
+    options = {'type': 'CLIPUIQA', 'attributes': 'quality,sharpness', 'aggregation': 'learned',
+               'clip_model': tiny_clip_files['config'], 'clip_pretrained': tiny_clip_files['openai']}
+    torch.manual_seed(3)
+    net = ARCH_REGISTRY.get('CLIPUIQA')(**{k: v for k, v in options.items() if k != 'type'})
+    with torch.no_grad():
+        net.aggregation.view_logits.normal_()
+    path = tmp_path / 'uiqa.pth'
+    torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': VIEWS}, path)
+    return str(path), net
+
+
+def test_score_with_a_trained_uiqa_checkpoint(uiqa_checkpoint, tiny_clip_files, tmp_path):
+    path, net = uiqa_checkpoint
+    rng = np.random.RandomState(0)
+    for i, size in enumerate([(60, 80), (48, 64)]):
+        Image.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / f'im{i}.png')
+    out = tmp_path / 'scores.csv'
+    assert score_main([str(tmp_path / '*.png'), '--checkpoint', path, '--device', 'cpu', '--no-progress',
+                       '--out', str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert list(rows[0]) == ['path', 'score']
+    net.eval()
+    for row in rows:
+        img = read_image(row['path'])
+        views = {'image': normalize(img)[None], 'fragments': normalize(fragment_mosaic(img, 2, 16))[None],
+                 'salient': normalize(center_crop(img, 32))[None]}
+        with torch.no_grad():
+            expected = net(views)[0, 0].item()
+        assert float(row['score']) == pytest.approx(expected, abs=1e-5)
+
+
+def test_load_trained_model_errors(tmp_path, tiny_clip_files, uiqa_checkpoint):
+    bad = tmp_path / 'bad.pth'
+    bad.write_bytes(b'junk')
+    with pytest.raises(ValueError, match='bad.pth: cannot be read'):
+        load_trained_model(str(bad))
+    torch.save({'ctx': torch.zeros(3)}, bad)
+    with pytest.raises(ValueError, match='not a uiqa-plugin checkpoint'):
+        load_trained_model(str(bad))
+    ckpt = torch.load(uiqa_checkpoint[0], weights_only=False)
+    ckpt['params']['prompt_learner.ctx'] = torch.zeros(2, 4, 32)
+    torch.save(ckpt, bad)
+    with pytest.raises(ValueError, match='do not fit CLIPUIQA'):
+        load_trained_model(str(bad))
+
+
+def reference_checkpoint(width, pairs, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    state = {f'generator.clipmodel_{i}.prompt_learner.ctx': torch.randn(16, width, generator=g).half()
+             for i in range(pairs)}
+    state['generator.clipmodel_0.clip_model.visual.conv1.weight'] = torch.randn(4, 3, 3, 3)  # CLIP: dropped
+    if pairs > 1:
+        dims = [(128, pairs), (128, 128), (1, 128)]
+        for k, (o, i) in enumerate(dims, 1):
+            state[f'generator.regressor.linear_{k}.weight'] = torch.randn(o, i, generator=g)
+            state[f'generator.regressor.linear_{k}.bias'] = torch.randn(o, generator=g)
+    return {'meta': {'iter': 80000}, 'state_dict': state}
+
+
+def test_reference_checkpoint_converts_with_the_reference_token_layout(tiny_clip_files, tmp_path):
+    src = tmp_path / 'iter_80000.pth'
+    ref = reference_checkpoint(32, 1)
+    torch.save(ref, src)
+    out = tmp_path / 'ours.pth'
+    assert convert_main([str(src), str(out), '--clip-model', tiny_clip_files['config'],
+                         '--clip-pretrained', tiny_clip_files['openai']]) == 0
+    converted = torch.load(out, weights_only=False)
+    assert list(converted['params']) == ['prompt_learner.ctx']
+    model = load_trained_model(str(out), device='cpu')
+    ctx = ref['state_dict']['generator.clipmodel_0.prompt_learner.ctx'].float()
+    assert torch.equal(model.prompt_learner.ctx[0], ctx)
+    # Independent layout: [SOS] ctx[:8] 'good photo ..' ctx[8:] [EOT], as the reference built it.
+    clip = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
+    tokens = clip.tokenize(['X ' * 16 + 'Good photo..'])
+    emb = clip.token_embedding(tokens)[0]
+    eot = int(tokens[0].argmax())
+    manual = torch.cat([emb[:1], ctx[:8], emb[17:20], ctx[8:], emb[20:]])[None]
+    with torch.no_grad():
+        expected = clip.encode_text_embeddings(manual, torch.tensor([eot]))
+        assert torch.allclose(model.prompt_learner()[0], expected[0], atol=1e-5)
+
+
+def test_multi_pair_reference_and_pyiqa_formats(tiny_clip_files, tmp_path):
+    ref = reference_checkpoint(32, 3, seed=1)
+    converted = convert_clipiqa_plus(ref, 'quality,sharpness,noisiness', tiny_clip_files['config'],
+                                     tiny_clip_files['openai'])
+    params = converted['params']
+    assert params['prompt_learner.ctx'].shape == (3, 16, 32)
+    assert torch.equal(params['regressor.linear_2.weight'], ref['state_dict']['generator.regressor.linear_2.weight'])
+    net = ARCH_REGISTRY.get('CLIPIQAPlus')(**{k: v for k, v in converted['network_g'].items() if k != 'type'})
+    net.load_state_dict(params, strict=True)
+    with pytest.raises(ValueError, match='3 prompt context\\(s\\) but the attributes .* have 1 pair'):
+        convert_clipiqa_plus(ref, 'quality')
+    bare = torch.randn(16, 32)
+    assert torch.equal(convert_clipiqa_plus(bare, 'quality')['params']['prompt_learner.ctx'][0], bare)
+    assert torch.equal(convert_clipiqa_plus({'params': {'prompt_learner.ctx': bare}}, 'quality')['params'][
+        'prompt_learner.ctx'][0], bare)
+    with pytest.raises(ValueError, match='no learned prompt context'):
+        convert_clipiqa_plus({'state_dict': {'a': torch.zeros(1)}}, 'quality')
