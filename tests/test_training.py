@@ -89,8 +89,8 @@ def test_learns_and_checkpoint_round_trip_reproduces_predictions(demo_data, tmp_
 
     untrained_srcc, _ = evaluate(demo_data, tmp_path, 'step0')
     trained_srcc, preds = evaluate(demo_data, tmp_path, 'trained', ckpt)
-    # Measured: about -0.1 at step 0 and 0.3-0.5 after 400 iterations on the 32 validation images.
-    assert trained_srcc > untrained_srcc + 0.25, (untrained_srcc, trained_srcc)
+    # Measured here (CPU, seed 0): SRCC -0.29 at step 0 and 0.47 after 800 iterations on the 32 validation images.
+    assert trained_srcc > untrained_srcc + 0.4 and trained_srcc > 0.3, (untrained_srcc, trained_srcc)
     assert trained_srcc == pytest.approx(final_srcc, abs=1e-4)
 
     # The training run's own final predictions equal those of the checkpoint rebuilt from the YAML.

@@ -148,3 +148,20 @@ def patch_basicsr():
 
 def iterations_per_epoch(num_samples, batch_size, world_size):
     return math.ceil(num_samples / (batch_size * world_size))
+
+
+def run_pipeline(is_train, argv=None):
+    """Validate the option file, fix BasicSR's runner and run its train or test pipeline in the working directory."""
+    import sys
+    import uiqa_plugin  # noqa: F401  (basicsr compatibility + registrations)
+    from uiqa_plugin.options import validate_option_file
+    argv = launcher_args(sys.argv[1:] if argv is None else list(argv))
+    validate_option_file(argv, is_train=is_train)
+    patch_basicsr()
+    sys.argv = [sys.argv[0]] + argv  # BasicSR's parser reads sys.argv
+    if is_train:
+        from basicsr.train import train_pipeline
+        train_pipeline(os.getcwd())
+    else:
+        from basicsr.test import test_pipeline
+        test_pipeline(os.getcwd())

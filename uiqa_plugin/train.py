@@ -16,16 +16,8 @@ if __package__ in (None, ''):
 
 
 def main(argv=None):
-    import uiqa_plugin  # noqa: F401  (basicsr compatibility + registrations)
-    from uiqa_plugin.options import validate_option_file
-    from uiqa_plugin.runner import launcher_args, patch_basicsr
-
-    argv = launcher_args(sys.argv[1:] if argv is None else list(argv))
-    validate_option_file(argv, is_train=True)
-    patch_basicsr()
-    from basicsr.train import train_pipeline
-    sys.argv = [sys.argv[0]] + argv
-    train_pipeline(os.getcwd())
+    from uiqa_plugin.runner import run_pipeline
+    run_pipeline(is_train=True, argv=argv)
 
 
 if __name__ == '__main__':
