@@ -61,6 +61,10 @@ def test_validation_messages():
         validate_options(dict(good, network_g={'type': 'CLIPUQA'}), is_train=False)
     with pytest.raises(OptionError, match=r'datasets.test.type: unknown dataset'):
         validate_options(dict(good, datasets={'test': {'type': 'KonIQDataset'}}), is_train=False)
+    with pytest.raises(OptionError, match=r"datasets.test: ImageFolderDataset has no option 'recursve' "
+                                          r"\(did you mean 'recursive'\?\)"):
+        validate_options(dict(good, datasets={'test': {'type': 'ImageFolderDataset', 'recursve': True}}),
+                         is_train=False)
     with pytest.raises(OptionError, match=r'train: required for training'):
         validate_options(good, is_train=True)
     with pytest.raises(OptionError, match=r'not valid YAML'):

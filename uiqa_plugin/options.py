@@ -96,6 +96,8 @@ def _check_dataset(phase, ds_opt, problems):
     if ds_type not in DATASET_REGISTRY:
         close = difflib.get_close_matches(str(ds_type), list(DATASET_REGISTRY.keys()), n=3)
         problems.append(f'{where}.type: unknown dataset {ds_type!r}' + (f' (close: {", ".join(close)})' if close else ''))
+    elif hasattr(DATASET_REGISTRY.get(ds_type), 'unknown_options'):
+        problems.extend(f'{where}: {message}' for message in DATASET_REGISTRY.get(ds_type).unknown_options(ds_opt))
     for key, types in DATASET_COMMON.items():
         if key in ds_opt and not isinstance(ds_opt[key], types):
             problems.append(f'{where}.{key}: expected {_type_name(types)}, got {ds_opt[key]!r}')

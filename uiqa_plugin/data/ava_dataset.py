@@ -52,6 +52,8 @@ class AVADataset(BaseIQADataset):
         image_template: default '{}.jpg'.
     """
 
+    extra_option_keys = ('image_template', 'split_file', 'target')
+
     def load_records(self):
         meta = self.require_meta_file(['AVA.txt'])
         kind = self.opt.get('target', 'mean')

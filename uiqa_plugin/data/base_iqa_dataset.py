@@ -27,6 +27,13 @@ from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD, build_transforms, view_transform_specs
 
 PHASES = ('train', 'val', 'test')
+#: options every IQA dataset reads (besides ``extra_option_keys`` of each class)
+BASE_OPTION_KEYS = ('name', 'type', 'phase', 'dataroot', 'meta_file', 'split', 'split_ratios', 'split_seed',
+                    'io_backend', 'views', 'transforms', 'resize', 'use_hflip', 'use_vflip', 'mean', 'std',
+                    'target_scale', 'target_range', 'skip_unreadable', 'check_files')
+#: options BasicSR's runner reads for the data loader
+LOADER_OPTION_KEYS = ('batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode',
+                      'pin_memory', 'persistent_workers', 'use_shuffle', 'scale')
 SPLIT_ALIASES = {'train': 'training', 'training': 'train', 'val': 'validation', 'validation': 'val',
                  'test': 'testing', 'testing': 'test'}
 
@@ -85,10 +92,32 @@ class BaseIQADataset(data.Dataset):
     default_target_scale = None
     default_target_range = None
 
+    #: options a subclass reads besides BASE_OPTION_KEYS
+    extra_option_keys = ()
+
+    @classmethod
+    def accepted_options(cls):
+        return set(BASE_OPTION_KEYS) | set(LOADER_OPTION_KEYS) | set(cls.extra_option_keys)
+
+    @classmethod
+    def unknown_options(cls, opt):
+        """Messages for option keys this dataset does not read (typos would otherwise be ignored)."""
+        import difflib
+        accepted = cls.accepted_options()
+        out = []
+        for key in opt:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, sorted(accepted), n=1)
+                out.append(f'{cls.__name__} has no option {key!r}' + (f" (did you mean {close[0]!r}?)" if close else ''))
+        return out
+
     def __init__(self, opt):
         super().__init__()
         self.opt = opt
         self.name = opt.get('name', type(self).__name__)
+        unknown = self.unknown_options(opt)
+        if unknown:
+            raise ValueError(f'{self.name}: ' + '; '.join(unknown))
         self.phase = opt.get('phase', 'test')
         if self.phase not in PHASES:
             raise ValueError(f'{self.name}: phase must be one of {PHASES}, got {self.phase!r}')

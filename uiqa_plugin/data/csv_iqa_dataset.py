@@ -24,6 +24,8 @@ class CSVIQADataset(BaseIQADataset):
          target_columns: [natural, happy, aesthetics, new, complex, scary]}
     """
 
+    extra_option_keys = ('name_column', 'name_template', 'split_column', 'target_columns')
+
     def load_records(self):
         if not self.meta_file:
             raise ValueError(f'{self.name}: CSVIQADataset needs meta_file (use ImageFolderDataset for a bare folder)')

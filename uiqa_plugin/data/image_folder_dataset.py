@@ -33,6 +33,8 @@ class ImageFolderDataset(BaseIQADataset):
     Keys are paths relative to dataroot ('sub/a.jpg').
     """
 
+    extra_option_keys = ('recursive',)
+
     def load_records(self):
         if not self.dataroot:
             raise ValueError(f'{self.name}: ImageFolderDataset needs dataroot')

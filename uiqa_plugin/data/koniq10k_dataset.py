@@ -22,6 +22,8 @@ class KonIQ10kDataset(BaseIQADataset):
         target_columns: default [MOS]. target_scale: default 100 (targets are MOS / 100).
     """
 
+    extra_option_keys = ('target_columns',)
+
     default_target_scale = 100.0
 
     def __init__(self, opt):

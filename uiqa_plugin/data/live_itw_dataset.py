@@ -45,6 +45,8 @@ class LIVEItWDataset(BaseIQADataset):
         split + split_ratios/split_seed: no official split. target_scale: default 100.
     """
 
+    extra_option_keys = ('mos_file',)
+
     default_target_scale = 100.0
 
     def load_records(self):

@@ -23,6 +23,8 @@ class SPAQDataset(BaseIQADataset):
         target_scale: default 100.
     """
 
+    extra_option_keys = ('name_column', 'target_columns')
+
     default_target_scale = 100.0
 
     def load_records(self):
