@@ -84,3 +84,15 @@ def test_usage_errors(tiny_clip_files, tmp_path, capsys):
     assert "Did you mean happy" in capsys.readouterr().err
     assert run(tiny_clip_files, [str(tmp_path / 'none.png')]) == 1
     assert 'no such file or folder' in capsys.readouterr().err
+
+
+def test_keep_pos_embed_flag_changes_the_encoder_path(tiny_clip_files, tiny_metric_factory, image_folder, tmp_path):
+    out = tmp_path / 'pos.json'
+    path = image_folder / 'rgb.png'
+    assert run(tiny_clip_files, [str(path), '--keep-pos-embed', '--out', str(out)]) == 0
+    got = json.loads(out.read_text())[0]['quality']
+    metric = tiny_metric_factory('quality', keep_pos_embed=True)
+    with torch.no_grad():
+        expected = metric(image_to_tensor(read_image(path))[None])[0, 0].item()
+        without = tiny_metric_factory('quality')(image_to_tensor(read_image(path))[None])[0, 0].item()
+    assert got == pytest.approx(expected, abs=1e-5) and abs(expected - without) > 1e-4

@@ -27,6 +27,9 @@ def build_parser():
                         help="comma-separated attribute names, presets (look, feel, feel_extra, pyiqa) "
                              "or 'positive|negative' pairs")
     add_clip_arguments(parser)
+    parser.add_argument('--keep-pos-embed', action='store_true',
+                        help="keep CLIP's positional embedding, interpolated in 2-D to each image's size "
+                             '(default: removed, as CLIP-IQA does)')
     parser.add_argument('--checkpoint', default=None,
                         help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
                              'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
@@ -71,7 +74,8 @@ def main(argv=None):
                     clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
             else:
                 metric = uiqa_plugin.create_metric(args.attributes, clip_model=args.clip_model,
-                                                   clip_pretrained=args.clip_pretrained, device=args.device)
+                                                   clip_pretrained=args.clip_pretrained, device=args.device,
+                                                   keep_pos_embed=args.keep_pos_embed)
     except (ClipLoadError, KeyError, ValueError) as exc:
         print(f'uiqa-score: {exc.args[0] if exc.args else exc}', file=sys.stderr)
         return 2
