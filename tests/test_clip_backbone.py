@@ -118,3 +118,37 @@ def test_load_clip_shares_one_instance(tiny_clip_files):
     a = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
     b = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
     assert a is b
+
+
+def test_moving_one_model_leaves_the_others_on_their_device(tiny_metric_factory):
+    # Stands for cpu/cuda: a dtype change goes through the same path as a device change.
+    a = tiny_metric_factory('quality,happy')
+    b = tiny_metric_factory('quality,happy')
+    assert a.clip is b.clip
+    x = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        before = a(x)
+        b = b.double()
+        c = tiny_metric_factory('sharpness').double()
+        assert a.clip.dtype == torch.float32 and b.clip.dtype == torch.float64
+        assert c.clip is b.clip  # one shared copy per device and dtype, not one per model
+        assert torch.equal(a(x), before)
+        assert torch.allclose(b(x.double()).float(), before, atol=1e-5)
+        assert b.float().clip is a.clip  # back to the original instance
+
+
+def test_fine_tuned_clip_moves_with_its_model(tiny_clip_files):
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from uiqa_plugin.clip_backbone import clear_shared_clip
+    clear_shared_clip()
+    try:
+        net = ARCH_REGISTRY.get('CLIPUIQA')(attributes='quality', views=['image'], finetune_clip=['visual.attnpool'],
+                                            clip_model=tiny_clip_files['config'],
+                                            clip_pretrained=tiny_clip_files['openai'])
+        clip = net.clip
+        net.double()
+        assert net.clip is clip and net.prompt_learner.clip is clip and clip.dtype == torch.float64
+        assert net.clip_trainable['visual__attnpool'].q_proj.weight.dtype == torch.float64
+        assert net(torch.rand(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+    finally:
+        clear_shared_clip()

@@ -16,6 +16,7 @@ positional term; for ViT towers the class token and patch tokens get no position
 With ``keep_pos_embed=True`` the learned grid is interpolated in 2-D to the input's grid,
 the class/mean slot kept apart, so a 224 x 224 input reproduces open_clip's own forward.
 """
+import copy
 import difflib
 import json
 import logging
@@ -287,6 +288,8 @@ class ClipBackbone(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self._text_cache = {}
+        self._variants = {}  # (device, dtype) -> shared copy, see variant()
+        self.exclusive = False  # set by unfreeze(): the owner trains parts of this instance
         self.tokenizer = open_clip.get_tokenizer(name) if name in open_clip.list_models() else open_clip.tokenize
         visual = model.visual
         if isinstance(visual, ModifiedResNet):
@@ -383,6 +386,30 @@ class ClipBackbone(nn.Module):
         self._text_cache.clear()
         return super()._apply(fn, recurse)
 
+    def variant(self, fn):
+        """The shared instance for the device and dtype that ``fn`` (a ``Module._apply`` function) converts to.
+
+        Models that move to another device get a copy for that device, shared by every model
+        there, instead of dragging the one instance away from the models that still use it.
+        An instance with fine-tuned parts belongs to its model and moves itself.
+        """
+        probe = fn(torch.zeros((), dtype=self.dtype, device=self.device))
+        if self.exclusive:
+            self._apply(fn)
+            return self
+        key = (probe.device, probe.dtype)
+        if key == (self.device, self.dtype):
+            return self
+        if key not in self._variants:
+            clone = copy.copy(self)
+            clone.__dict__ = {k: v for k, v in self.__dict__.items() if k not in ('_variants', '_text_cache')}
+            clone = copy.deepcopy(clone)
+            clone._variants, clone._text_cache = self._variants, {}  # all variants share one table
+            clone._apply(fn)
+            self._variants[key] = clone
+            self._variants.setdefault((self.device, self.dtype), self)
+        return self._variants[key]
+
     def unfreeze(self, prefixes, keep_frozen=()):
         """Let the parameters under these dotted prefixes of the open_clip model train (e.g. 'visual.layer4').
 
@@ -399,6 +426,7 @@ class ClipBackbone(nn.Module):
             for name, param in module.named_parameters():
                 param.requires_grad_(not name.endswith(tuple(keep_frozen)))
             parts[prefix] = module
+        self.exclusive = bool(parts)
         self._text_cache.clear()
         return parts
 

@@ -15,9 +15,9 @@ import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
-from uiqa_plugin.archs.clipiqa_arch import SharedClipMixin
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
+from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip_backbone import load_clip
 from uiqa_plugin.prompts import resolve_attributes
 

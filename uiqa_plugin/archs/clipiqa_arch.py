@@ -4,24 +4,9 @@ import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
+from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip_backbone import load_clip
 from uiqa_plugin.prompts import resolve_attributes
-
-
-class SharedClipMixin:
-    """Holds the shared frozen CLIP outside the module tree.
-
-    The backbone is not a registered submodule, so it never enters ``state_dict`` (our
-    checkpoints stay small) and DDP does not touch it; ``.to()`` / ``.cuda()`` still move it.
-    """
-
-    def _attach_clip(self, clip):
-        object.__setattr__(self, 'clip', clip)
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        self.clip._apply(fn)
-        return self
 
 
 @ARCH_REGISTRY.register()

@@ -10,6 +10,8 @@ reference, ``'X X ... X ' + prompt + '.'``, so 'Good photo.' gives the class seg
 import torch
 import torch.nn as nn
 
+from uiqa_plugin.archs.shared_clip import SharedClipMixin
+
 POSITIONS = ('front', 'middle', 'end')
 
 
@@ -19,7 +21,7 @@ def class_token_count(clip, text):
     return int(tokens.argmax()) - 1  # EOT has the largest id of the vocabulary
 
 
-class PromptLearner(nn.Module):
+class PromptLearner(SharedClipMixin, nn.Module):
     """Trainable context for a list of antonym pairs.
 
     Args:
@@ -72,7 +74,7 @@ class PromptLearner(nn.Module):
         self.register_buffer('token_prefix', embedding[:, :1].clone(), persistent=False)  # SOS
         self.register_buffer('token_suffix', embedding[:, 1 + n_ctx:].clone(), persistent=False)  # class, '.', EOT
         self.register_buffer('eot_index', tokens.argmax(dim=-1), persistent=False)
-        object.__setattr__(self, 'clip', clip)
+        self._attach_clip(clip)
 
     def _ctx_per_prompt(self):
         ctx = self.ctx
