@@ -41,16 +41,17 @@ def _check_block(block, schema, where, problems, extra_ok=lambda key: False):
     if not isinstance(block, dict):
         problems.append(f'{where}: expected a mapping, got {type(block).__name__}')
         return
+    prefix = f'{where}.' if where else ''
     for key, value in block.items():
         if key in schema:
             types = schema[key]
             if not isinstance(value, types) or (isinstance(value, bool) and bool not in (types if isinstance(
                     types, tuple) else (types,))):
-                problems.append(f'{where}.{key}: expected {_type_name(types)}, got {value!r}')
+                problems.append(f'{prefix}{key}: expected {_type_name(types)}, got {value!r}')
         elif not extra_ok(key):
             close = difflib.get_close_matches(key, list(schema), n=1)
             hint = f' (did you mean {close[0]!r}?)' if close else ''
-            problems.append(f'{where}.{key}: unknown key{hint}')
+            problems.append(f'{prefix}{key}: unknown key{hint}')
 
 
 def _accepted_kwargs(cls):
@@ -118,40 +119,40 @@ def validate_options(opt, is_train=True, source='options'):
     problems = []
     if not isinstance(opt, dict):
         raise OptionError(f'{source}: the file must hold a mapping of options')
-    _check_block(opt, TOP_LEVEL, source, problems)
+    _check_block(opt, TOP_LEVEL, '', problems)
     for key in ('name', 'model_type', 'datasets', 'network_g'):
         if key not in opt:
-            problems.append(f'{source}.{key}: required')
+            problems.append(f'{key}: required')
     if isinstance(opt.get('network_g'), dict):
-        _check_network(opt['network_g'], f'{source}.network_g', problems)
+        _check_network(opt['network_g'], f'network_g', problems)
     if isinstance(opt.get('datasets'), dict):
         if not opt['datasets']:
-            problems.append(f'{source}.datasets: empty')
+            problems.append(f'datasets: empty')
         for phase, ds_opt in opt['datasets'].items():
             if is_train and phase.split('_')[0] not in ('train', 'val'):
-                problems.append(f'{source}.datasets.{phase}: training phases are train and val[_N]')
+                problems.append(f'datasets.{phase}: training phases are train and val[_N]')
             _check_dataset(phase, ds_opt, problems)
         if is_train and 'train' not in opt['datasets']:
-            problems.append(f'{source}.datasets.train: required for training')
+            problems.append(f'datasets.train: required for training')
     if is_train:
         if 'train' not in opt:
-            problems.append(f'{source}.train: required for training')
+            problems.append(f'train: required for training')
         elif isinstance(opt['train'], dict):
-            _check_block(opt['train'], TRAIN_KEYS, f'{source}.train', problems, extra_ok=lambda k: k.endswith('_opt'))
+            _check_block(opt['train'], TRAIN_KEYS, f'train', problems, extra_ok=lambda k: k.endswith('_opt'))
             for key in ('total_iter', 'optim_g'):
                 if key not in opt['train']:
-                    problems.append(f'{source}.train.{key}: required')
+                    problems.append(f'train.{key}: required')
         if 'logger' not in opt:
-            problems.append(f'{source}.logger: required for training (print_freq, save_checkpoint_freq)')
+            problems.append(f'logger: required for training (print_freq, save_checkpoint_freq)')
     if 'val' in opt:
-        _check_block(opt['val'], VAL_KEYS, f'{source}.val', problems)
+        _check_block(opt['val'], VAL_KEYS, f'val', problems)
     if 'logger' in opt:
-        _check_block(opt['logger'], LOGGER_KEYS, f'{source}.logger', problems)
+        _check_block(opt['logger'], LOGGER_KEYS, f'logger', problems)
     if 'path' in opt:
-        _check_block(opt['path'], PATH_KEYS, f'{source}.path', problems)
+        _check_block(opt['path'], PATH_KEYS, f'path', problems)
         pretrain = (opt['path'] or {}).get('pretrain_network_g') if isinstance(opt['path'], dict) else None
         if isinstance(pretrain, str) and not osp.isfile(osp.expanduser(pretrain)):
-            problems.append(f'{source}.path.pretrain_network_g: file not found: {pretrain}')
+            problems.append(f'path.pretrain_network_g: file not found: {pretrain}')
     if problems:
         raise OptionError(f'{source} has {len(problems)} problem(s):\n  - ' + '\n  - '.join(problems))
     return opt
