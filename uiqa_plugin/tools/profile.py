@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from uiqa_plugin.tools.score import add_clip_arguments
-from uiqa_plugin.tools.table_io import format_table, write_table
+from uiqa_plugin.tools.output_table import format_table, write_table
 
 PROG = 'uiqa-profile'
 

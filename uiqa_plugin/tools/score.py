@@ -6,7 +6,7 @@ import argparse
 import sys
 import warnings
 
-from uiqa_plugin.tools.table_io import format_table, write_table
+from uiqa_plugin.tools.output_table import format_table, write_table
 
 
 def add_clip_arguments(parser):
