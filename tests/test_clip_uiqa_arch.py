@@ -123,3 +123,24 @@ def test_bad_options_fail_clearly(build):
     model = build(views=['image', 'salient'])
     with pytest.raises(KeyError, match="missing views \\['salient'\\]"):
         model({'image': torch.rand(1, 3, 64, 64)})
+
+
+def test_learned_text_is_encoded_once_without_gradients_until_the_context_changes(build, monkeypatch):
+    model = build(attributes='quality,sharpness')
+    calls = count_calls(monkeypatch, model.clip, 'encode_text_embeddings')
+    x = views()
+    with torch.no_grad():
+        first = model(x)
+        assert torch.equal(model(x), first)
+    assert len(calls) == 1  # validation batches reuse the encoded prompts
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    model(x).sum().backward()  # with gradients: encoded every step
+    optimizer.step()
+    assert len(calls) == 2
+    with torch.no_grad():
+        after_step = model(x)
+    assert len(calls) == 3 and not torch.equal(after_step, first)  # the step changed the context
+    model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        assert torch.allclose(model(x), after_step)
+    assert len(calls) == 4

@@ -133,10 +133,22 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         return self
 
     def text_features(self):
-        """(2K, D): learned prompts once per call, fixed prompts from the cache."""
-        if self.prompt_learner is not None:
+        """(2K, D): learned prompts once per training step, fixed prompts from the cache.
+
+        Without gradients (validation, scoring) the learned prompts are encoded once and
+        reused until the context changes (an optimizer step or a checkpoint load bumps its version).
+        """
+        if self.prompt_learner is None:
+            return self.clip.text_features(self.prompts)
+        if torch.is_grad_enabled():
             return self.prompt_learner()
-        return self.clip.text_features(self.prompts)
+        ctx = self.prompt_learner.ctx
+        key = (ctx._version, ctx.data_ptr(), id(self.clip))
+        cached = self.__dict__.get('_learned_text')
+        if cached is None or cached[0] != key:
+            cached = (key, self.prompt_learner())
+            self.__dict__['_learned_text'] = cached
+        return cached[1]
 
     def encode_views(self, inputs):
         """{view: (N, 3, H, W)} -> (N, V, D) features, one image-tower pass per view."""
