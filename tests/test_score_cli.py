@@ -46,7 +46,7 @@ def test_csv_scores_a_folder_with_a_bad_file(tiny_clip_files, tiny_metric_factor
     code = run(tiny_clip_files, [str(image_folder), '-a', 'quality,look,feel', '--batch-size', '2', '--out', str(out)])
     assert code == 1  # one input failed
     err = capsys.readouterr().err
-    assert 'broken.jpg' in err and '1 input(s) failed, 5 scored' in err
+    assert 'broken.jpg' in err and '1 input(s) not scored, 5 scored' in err and 'wrote 5 rows' in err
     with open(out, newline='') as f:
         rows = list(csv.DictReader(f))
     good = sorted(p for p in image_folder.rglob('*') if p.suffix in ('.png', '.jpg') and p.name != 'broken.jpg')

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from uiqa_plugin.data.image_io import ImageReadError, is_image_file
+from uiqa_plugin.data.image_io import ImageReadError
+from uiqa_plugin.scoring.input_limits import MAX_ASPECT
 
 
 def default_device():
@@ -82,28 +83,39 @@ def view_pipeline(model):
 def collect_image_paths(inputs, recursive=True):
     """Expand files, folders and glob patterns into a sorted-per-input list of image paths.
 
-    Returns (paths, problems): ``problems`` lists (input, message) for inputs that matched nothing.
+    Folders are walked following symbolic links, cycle-safe: each real file is listed once,
+    under the first path that reaches it (see ``uiqa_plugin.scoring.paths``).
+    Returns (paths, problems): ``problems`` lists (input, message) for inputs that matched
+    nothing, folders that cannot be listed and links whose target is missing.
     """
+    from uiqa_plugin.scoring.paths import glob_files, walk_files
     paths, problems = [], []
     for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
         item = os.fspath(item)
         if osp.isdir(item):
-            pattern = osp.join(item, '**', '*') if recursive else osp.join(item, '*')
-            found = sorted(p for p in glob.glob(pattern, recursive=recursive) if osp.isfile(p) and is_image_file(p))
-            if not found:
+            found, trouble = walk_files(item, recursive=recursive)
+            problems.extend(trouble)
+            if not found and not trouble:
                 problems.append((item, 'folder holds no image files'))
             paths.extend(found)
         elif osp.isfile(item):
             paths.append(item)  # named explicitly: try it whatever its suffix
         elif glob.has_magic(item):
-            found = sorted(p for p in glob.glob(item, recursive=True) if osp.isfile(p))
+            found, trouble = glob_files(item)
+            problems.extend(trouble)
             if not found:
                 problems.append((item, 'pattern matched no files'))
             paths.extend(found)
+        elif osp.islink(item):
+            problems.append((item, 'broken symbolic link (its target is missing or loops)'))
         else:
             problems.append((item, 'no such file or folder'))
-    seen = set()
-    unique = [p for p in paths if not (p in seen or seen.add(p))]
+    seen, unique = set(), []
+    for path in paths:  # one row per real file, whichever input reached it first
+        real = osp.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
     return unique, problems
 
 
@@ -116,59 +128,37 @@ class ScoreResult:
     failures: list = field(default_factory=list)
 
 
-def _batches_by_size(items, batch_size):
-    """Group (index, sample) items whose views have equal sizes into batches of at most ``batch_size``."""
-    groups = {}
-    for index, sample in items:
-        shapes = tuple(tuple(v.shape) for v in sample.values())
-        groups.setdefault(shapes, []).append((index, sample))
-    for group in groups.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start:start + batch_size]
-
-
-@torch.no_grad()
-def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, read_ahead=8):
+def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, workers=None, read_ahead=8,
+                max_aspect=MAX_ASPECT):
     """Score image files with ``metric`` (``create_metric`` or ``load_trained_model``).
 
     inputs: files, folders (recursive) and glob patterns. Each file becomes the views the
     model takes (the original image, and for CLIP-UIQA the fragment mosaic and centre
-    patch). Images of different sizes are batched with others of the same size.
-    Unreadable files are recorded in ``failures`` and skipped, or raise ``ImageReadError``
-    when ``strict``.
+    patch), decoded in ``workers`` processes (default: up to 4; 0: in this process).
+    Images of different sizes are batched with others of the same size; rows keep input order.
+    Images smaller than the CLIP image tower takes are upscaled to its minimum (aspect kept);
+    images more than ``max_aspect`` times longer than wide are refused.
+    Unreadable or refused files are recorded in ``failures`` and skipped, or raise
+    ``ImageReadError`` when ``strict``.
     """
     from tqdm import tqdm
+
+    from uiqa_plugin.scoring import default_workers
+    from uiqa_plugin.scoring.loader import iter_scores
     paths, problems = collect_image_paths(inputs)
     if strict and problems:
         raise FileNotFoundError('; '.join(f'{p}: {m}' for p, m in problems))
     names = output_names(metric)
     result = ScoreResult(names, failures=list(problems))
-    pipeline = view_pipeline(metric)
-    views = [v for v in getattr(metric, 'views', ['image'])]
-    device = next(iter(metric.buffers()), torch.empty(0)).device
-    scores = [None] * len(paths)
-    chunk = max(batch_size * read_ahead, 1)
-    bar = tqdm(total=len(paths), desc='scoring', unit='img', disable=not progress)
-    for start in range(0, len(paths), chunk):
-        loaded = []
-        for index in range(start, min(start + chunk, len(paths))):
-            try:
-                sample = pipeline({'key': paths[index], 'path': paths[index], 'target': [], 'views': {}})
-            except ImageReadError as exc:
+    workers = default_workers() if workers is None else workers
+    with tqdm(total=len(paths), desc='scoring', unit='img', disable=not progress) as bar:
+        for index, scores, error in iter_scores(metric, paths, batch_size=batch_size,
+                                                workers=min(workers, len(paths) // 2), read_ahead=read_ahead,
+                                                max_aspect=max_aspect, progress=bar):
+            if error is not None:
                 if strict:
-                    raise
-                result.failures.append((paths[index], str(exc)))
-                bar.update(1)
-                continue
-            loaded.append((index, {v: sample[v] for v in views}))
-        for batch in _batches_by_size(loaded, batch_size):
-            inputs_ = {v: torch.stack([sample[v] for _, sample in batch]).to(device) for v in views}
-            out = metric(inputs_ if len(views) > 1 else inputs_[views[0]]).float().cpu()
-            for (index, _), row in zip(batch, out):
-                scores[index] = row.tolist()
-            bar.update(len(batch))
-    bar.close()
-    for path, row in zip(paths, scores):
-        if row is not None:
-            result.rows.append({'path': path, **dict(zip(names, row))})
+                    raise ImageReadError(error)
+                result.failures.append((paths[index], error))
+            else:
+                result.rows.append({'path': paths[index], **dict(zip(names, scores))})
     return result

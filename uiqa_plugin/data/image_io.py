@@ -51,10 +51,11 @@ def _decode_16bit(buf):
     return arr
 
 
-def decode_image(buf, name='<bytes>'):
-    """Decode encoded image bytes to an RGB float32 array of shape (H, W, 3) in [0, 1].
+def decode_pixels(buf, name='<bytes>'):
+    """Decode encoded image bytes to the file's own samples, EXIF orientation applied.
 
-    ``name`` is only used in error messages.
+    Returns an array (H, W) or (H, W, C) of uint8, uint16, int32 or float32, channels RGB(A)
+    or gray(+alpha); ``decode_image`` turns it into RGB float. ``name`` is only used in errors.
     """
     if not buf:
         raise ImageReadError(f'{name}: file is empty')
@@ -66,21 +67,50 @@ def decode_image(buf, name='<bytes>'):
             if mode.startswith('I;16') or mode == 'I' or mode == 'RGB' and fmt in ('PNG', 'TIFF'):
                 arr16 = _decode_16bit(buf)
                 if arr16 is not None:
-                    return _to_rgb_float(arr16)
+                    return arr16
             if mode == 'P':
                 img = img.convert('RGBA' if 'transparency' in img.info else 'RGB')
             elif mode in ('CMYK', 'YCbCr', 'HSV', 'LAB', '1'):
                 img = img.convert('RGB')
             elif mode == 'F':
-                return _to_rgb_float(np.asarray(img, dtype=np.float32))
+                return np.asarray(img, dtype=np.float32)
             elif mode.startswith('I;16'):
                 img = img.convert('I')
-            arr = np.asarray(img)
+            return np.asarray(img)
     except ImageReadError:
         raise
     except Exception as exc:  # PIL raises many kinds of errors for broken files
         raise ImageReadError(f'{name}: cannot decode image ({type(exc).__name__}: {exc})') from exc
-    return _to_rgb_float(arr)
+
+
+def decode_image(buf, name='<bytes>'):
+    """Decode encoded image bytes to an RGB float32 array of shape (H, W, 3) in [0, 1].
+
+    ``name`` is only used in error messages.
+    """
+    return _to_rgb_float(decode_pixels(buf, name))
+
+
+def pixels_to_rgb_float(pixels):
+    """Samples from ``decode_pixels`` -> RGB float32 (H, W, 3) in [0, 1], exactly as ``decode_image``."""
+    return _to_rgb_float(pixels)
+
+
+def pixels_to_rgb_uint8(pixels):
+    """Samples from ``decode_pixels`` as RGB uint8 (H, W, 3) when they are plain 8-bit gray or RGB, else None.
+
+    Exact: ``float32(result) / 255`` equals ``decode_image``'s values bit for bit, so 8-bit images
+    can travel as uint8 (4x fewer bytes) and be scaled where they are used.
+    """
+    if pixels.dtype != np.uint8:
+        return None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
+    if pixels.shape[2] == 3:
+        return np.ascontiguousarray(pixels)
+    return None  # alpha: composited over white in float
 
 
 def read_image(path):

@@ -3,15 +3,17 @@
     uiqa-score photos/ --attributes quality,look,feel --out scores.csv
 """
 import argparse
+import os
 import sys
 import warnings
 
-from uiqa_plugin.tools.output_table import format_table, write_table
+from uiqa_plugin.scoring import default_workers
+from uiqa_plugin.tools.output_table import format_table, printable
 
 
 def add_clip_arguments(parser):
     """The CLIP options shared by every uiqa command."""
-    parser.add_argument('--clip-model', default='RN50', help='open_clip model name or JSON config (default RN50)')
+    parser.add_argument('--clip-model', default='RN50', help='open_clip model name or JSON config')
     parser.add_argument('--clip-pretrained', default='openai',
                         help="open_clip tag ('openai', downloaded once), a local weight file "
                              "(OpenAI .pt/state dict or open_clip checkpoint), or 'none' for random weights")
@@ -19,21 +21,49 @@ def add_clip_arguments(parser):
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass (equal sizes batch together)')
 
 
+EPILOG = """examples:
+  uiqa-score photos/ -a quality,look,feel --out scores.csv
+  uiqa-score photos/ --checkpoint net_g_best.pth --clip-pretrained RN50.pt --out scores.json
+  uiqa-score photos/ --out scores.csv --resume          # finish an interrupted run
+  python -m torch.distributed.run --nproc_per_node=4 -m uiqa_plugin.tools.score photos/ --out scores.csv
+
+exit status: 0 every input scored; 1 some inputs were not scored (each named on stderr, the
+others written) or the table could not be written; 2 bad options, output path or model.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a default only where it says something and the help text does not already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if 'default' in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f'{text} (default: {action.default})'
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(prog='uiqa-score', description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument('inputs', nargs='+', help='image files, folders (recursive) or glob patterns')
-    parser.add_argument('--attributes', '-a', default='quality',
+    parser = argparse.ArgumentParser(prog='uiqa-score', description=__doc__.split('\n')[0], epilog=EPILOG,
+                                     formatter_class=HelpFormatter)
+    parser.add_argument('inputs', nargs='+', help='image files, folders (recursive, links followed once) '
+                                                  'or glob patterns')
+    parser.add_argument('--attributes', '-a', default=None,
                         help="comma-separated attribute names, presets (look, feel, feel_extra, pyiqa) "
-                             "or 'positive|negative' pairs")
+                             "or 'positive|negative' pairs (default: quality; not with --checkpoint)")
     add_clip_arguments(parser)
+    parser.add_argument('--workers', type=int, default=default_workers(),
+                        help='processes that decode images while the model runs (0: decode in this process)')
     parser.add_argument('--keep-pos-embed', action='store_true',
                         help="keep CLIP's positional embedding, interpolated in 2-D to each image's size "
                              '(default: removed, as CLIP-IQA does)')
     parser.add_argument('--checkpoint', default=None,
                         help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
                              'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
-    parser.add_argument('--out', '-o', default=None, help='write a .csv or .json table (default: print a table)')
+    parser.add_argument('--out', '-o', default=None,
+                        help='write a .csv or .json table, streamed while scoring (default: print a table)')
+    parser.add_argument('--resume', action='store_true',
+                        help='score only the images that --out (and part files of an interrupted run) '
+                             'do not hold yet, and keep their rows')
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--list-attributes', action='store_true', help='print the known attributes and exit')
@@ -49,6 +79,153 @@ def print_attributes():
         print(f'preset {name}: {", ".join(members)}')
 
 
+def print_attributes():
+    from uiqa_plugin.prompts import list_attributes, list_presets
+    for name, attr in list_attributes().items():
+        pairs = '; '.join(f'{p!r} / {n!r}' for p, n in attr.pairs)
+        print(f'{name:14s} [{attr.group}] {pairs}  ({attr.description})')
+    for name, members in list_presets().items():
+        print(f'preset {name}: {", ".join(members)}')
+
+
+def say(message):
+    print(printable(f'uiqa-score: {message}'), file=sys.stderr)
+
+
+def usage_problem(args, ranks):
+    """The first problem with the options that needs no model, or None."""
+    if args.batch_size < 1:
+        return '--batch-size must be at least 1'
+    if args.workers < 0:
+        return '--workers must be 0 or more'
+    if args.checkpoint and args.attributes is not None:
+        return ('-a/--attributes does not apply to --checkpoint: a trained model scores what it was trained on; '
+                'drop -a, or drop --checkpoint to score zero-shot attributes')
+    if args.resume and not args.out:
+        return '--resume needs --out: the table to complete'
+    if ranks.world > 1 and not args.out:
+        return f'a run over {ranks.world} processes needs --out: the table the ranks write together'
+    return None
+
+
+def load_model(args, argv, device):
+    import uiqa_plugin
+    with warnings.catch_warnings():
+        warnings.simplefilter('default')
+        if args.checkpoint:
+            from uiqa_plugin.api import load_trained_model
+            explicit = {a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:])}
+            return load_trained_model(
+                args.checkpoint, device=device,
+                clip_model=args.clip_model if '--clip-model' in explicit else None,
+                clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
+        return uiqa_plugin.create_metric(args.attributes or 'quality', clip_model=args.clip_model,
+                                         clip_pretrained=args.clip_pretrained, device=device,
+                                         keep_pos_embed=args.keep_pos_embed)
+
+
+def rank_device(args, ranks):
+    """--device, or this rank's GPU (LOCAL_RANK) when several processes share a machine."""
+    import torch
+    if ranks.world > 1 and torch.cuda.is_available() and args.device in (None, 'cuda'):
+        return f'cuda:{ranks.local_rank}'
+    return args.device
+
+
+def report_failures(failures, scored):
+    for path, message in failures:
+        say(message if message.startswith(path) else f'{path}: {message}')
+    if failures:
+        say(f'{len(failures)} input(s) not scored, {scored} scored')
+        return 1
+    return 0
+
+
+def score_to_table(args, metric):
+    """No --out, one process: score everything, then print the table."""
+    import uiqa_plugin
+    try:
+        result = uiqa_plugin.score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
+                                         progress=not args.no_progress, workers=args.workers)
+    except (OSError, ValueError) as exc:
+        say(exc)
+        return 1
+    print(printable(format_table(result.rows, ['path'] + list(result.attribute_names))))
+    return report_failures(result.failures, len(result.rows))
+
+
+def plan(args, names):
+    """Rank 0: {paths to score, all paths, problems, earlier rows, earlier part files} or (exit code, message)."""
+    from uiqa_plugin.api import collect_image_paths
+    from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
+    paths, problems = collect_image_paths(args.inputs)
+    if args.strict and problems:
+        return 1, '; '.join(f'{p}: {m}' for p, m in problems)
+    earlier, old_parts = [], leftover_parts(args.out)
+    if args.resume:
+        try:
+            earlier = previous_rows(args.out, names)
+        except OutputError as exc:
+            return 2, str(exc)
+    elif old_parts:
+        say(f'{len(old_parts)} part file(s) of an unfinished run next to {args.out} are left as they are; '
+            'add --resume to continue that run instead')
+        old_parts = []
+    done = {row['path'] for row in earlier}
+    todo = [p for p in paths if p not in done]
+    if args.resume:
+        say(f'resuming: {len(paths) - len(todo)} of {len(paths)} images already scored')
+    return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier, 'old_parts': old_parts}
+
+
+def score_streamed(args, metric, ranks):
+    """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
+    import uuid
+
+    from uiqa_plugin.data.image_io import ImageReadError
+    from uiqa_plugin.scoring.loader import iter_scores
+    from tqdm import tqdm
+
+    from uiqa_plugin.api import output_names
+    from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
+    names = output_names(metric)
+    job = plan(args, names) if ranks.is_main else None
+    # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
+    shared = ranks.share(job if isinstance(job, tuple) else (job['todo'], uuid.uuid4().hex[:8]) if job else None)
+    if isinstance(shared[0], int):  # every rank stops with rank 0's message
+        say(shared[1])
+        return shared[0]
+    todo, job_id = shared
+    shard = ranks.shard(todo)
+    part = part_path(args.out, job_id, ranks.rank)
+    try:
+        with PartWriter(part, names) as writer, \
+                tqdm(total=len(shard), desc='scoring', unit='img', disable=args.no_progress or not ranks.is_main) as bar:
+            for index, scores, error in iter_scores(metric, shard, batch_size=args.batch_size,
+                                                    workers=min(args.workers, len(shard) // 2), progress=bar):
+                writer.write(shard[index], scores, error)
+                if error is not None and args.strict:
+                    raise ImageReadError(error)
+    except (OutputError, ImageReadError) as exc:
+        say(exc)
+        say(f'stopped; the rows scored so far are in {part}: rerun with --resume to continue')
+        return 1
+    ranks.wait_all()
+    if not ranks.is_main:
+        return 0
+    parts = [part_path(args.out, job_id, r) for r in range(ranks.world)]
+    rows, failures = merge_rows(job['paths'], names, job['earlier'], parts)
+    try:
+        write_merged(args.out, rows, names, parts + job['old_parts'])
+    except OutputError as exc:
+        say(exc)
+        if not any(os.path.exists(p) for p in parts):
+            print(printable(format_table(rows, ['path'] + names)))
+        return 1
+    say(f'wrote {len(rows)} row{"s" if len(rows) != 1 else ""} to {args.out}')
+    return report_failures(list(job['problems']) + failures, len(rows))
+
+
 def main(argv=None):
     if argv is None and '--list-attributes' in sys.argv[1:]:
         print_attributes()
@@ -57,47 +234,31 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    if args.batch_size < 1:
-        print('uiqa-score: --batch-size must be at least 1', file=sys.stderr)
-        return 2
-    import uiqa_plugin
     from uiqa_plugin.clip_backbone import ClipLoadError
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('default')
-            if args.checkpoint:
-                from uiqa_plugin.api import load_trained_model
-                explicit = {a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:])}
-                metric = load_trained_model(
-                    args.checkpoint, device=args.device,
-                    clip_model=args.clip_model if '--clip-model' in explicit else None,
-                    clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
-            else:
-                metric = uiqa_plugin.create_metric(args.attributes, clip_model=args.clip_model,
-                                                   clip_pretrained=args.clip_pretrained, device=args.device,
-                                                   keep_pos_embed=args.keep_pos_embed)
-    except (ClipLoadError, KeyError, ValueError) as exc:
-        print(f'uiqa-score: {exc.args[0] if exc.args else exc}', file=sys.stderr)
+    from uiqa_plugin.scoring.distributed import Ranks
+    from uiqa_plugin.scoring.outputs import OutputError, check_output_path
+    ranks = Ranks()
+    problem = usage_problem(args, ranks)
+    if problem is None and args.out:
+        try:
+            check_output_path(args.out)
+        except OutputError as exc:
+            problem = str(exc)
+    if problem:
+        say(problem)
         return 2
     try:
-        result = uiqa_plugin.score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
-                                         progress=not args.no_progress)
-    except (OSError, ValueError) as exc:
-        print(f'uiqa-score: {exc}', file=sys.stderr)
-        return 1
-    columns = ['path'] + list(result.attribute_names)
-    if args.out:
-        write_table(result.rows, columns, args.out)
-        print(f'uiqa-score: wrote {len(result.rows)} rows to {args.out}', file=sys.stderr)
-    else:
-        print(format_table(result.rows, columns))
-    for path, message in result.failures:
-        detail = message if message.startswith(path) else f'{path}: {message}'
-        print(f'uiqa-score: skipped {detail}', file=sys.stderr)
-    if result.failures:
-        print(f'uiqa-score: {len(result.failures)} input(s) failed, {len(result.rows)} scored', file=sys.stderr)
-        return 1
-    return 0
+        metric = load_model(args, argv, rank_device(args, ranks))
+    except (ClipLoadError, KeyError, ValueError) as exc:
+        say(exc.args[0] if exc.args else exc)
+        return 2
+    if not args.out:
+        return score_to_table(args, metric)
+    ranks.start()
+    try:
+        return score_streamed(args, metric, ranks)
+    finally:
+        ranks.close()
 
 
 if __name__ == '__main__':

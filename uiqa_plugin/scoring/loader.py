@@ -1,0 +1,174 @@
+"""Feeding image files to a scoring model: decode in workers, batch equal sizes, scale on the device.
+
+The host does only what needs the whole decoded image: decoding, derived views (fragment
+mosaic, centre crop), resizes. Plain 8-bit images whose ``image`` view is the decoded image
+itself travel as uint8 (a quarter of the bytes of float32) through pinned memory and become
+float on the device; CLIP normalization of models that take normalized input happens there
+too, with the same float32 operations as the host ``Normalize`` (results agree to the bit on
+the CPU). Rows come out in input order whatever the batching.
+"""
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from uiqa_plugin.data.image_io import (ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8)
+from uiqa_plugin.data.image_ops import upsample_to_min
+from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD, build_transforms, view_transform_specs
+from uiqa_plugin.scoring.input_limits import MAX_ASPECT, check_aspect, minimum_input_side
+
+
+def model_views(model):
+    """(view options {name: options}, input_normalized) of a scoring model, as its evaluation transform uses them."""
+    inner = getattr(model, 'metric', model)  # ProfileScorer wraps a metric
+    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None)
+    names = getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image']
+    views = views or {v: {} for v in names}
+    return views, bool(getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False)))
+
+
+def model_minimum_side(model):
+    """Smallest image side the model's CLIP image tower takes; 1 when the model has no CLIP we know."""
+    for owner in (model, getattr(model, 'metric', None)):
+        clip = getattr(owner, 'clip', None)
+        if clip is not None and hasattr(clip, 'encode_image'):
+            return minimum_input_side(clip)
+    return 1
+
+
+class ScoreImages(Dataset):
+    """Image files -> (index, {view: (3, h, w) uint8 or float32 tensor}, None) or (index, None, error message).
+
+    views: {name: options} as in ``view_transform_specs``; the views come out in [0, 1] (float)
+    or [0, 255] (uint8), not normalized. min_side: every view is upscaled (aspect kept, bicubic)
+    until both sides reach it. max_aspect: longer / shorter side beyond which an image is refused.
+    Unreadable, empty and refused images give an error message that names the file, so one bad
+    file costs one row, also inside worker processes.
+    """
+
+    def __init__(self, paths, views, min_side=1, max_aspect=MAX_ASPECT):
+        self.paths = list(paths)
+        self.names = list(views)
+        self.min_side = int(min_side)
+        self.max_aspect = max_aspect
+        specs = view_transform_specs(views, train=False, mean=None, std=None)
+        self.transforms = build_transforms(specs[1:-2], train=False)  # without LoadImage, Normalize, Collect
+        # the image view is the decoded image itself when no resize touches it
+        self.image_is_decoded = 'image' in views and not views['image'] and \
+            not any(t['type'] == 'Resize' for t in specs)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        path = self.paths[index]
+        try:
+            return index, self.load(path), None
+        except ImageReadError as exc:
+            return index, None, str(exc)
+
+    def load(self, path):
+        try:
+            with open(path, 'rb') as f:
+                buf = f.read()
+        except OSError as exc:
+            raise ImageReadError(f'{path}: cannot open file ({exc.strerror or exc})') from exc
+        pixels = decode_pixels(buf, name=path)
+        height, width = pixels.shape[:2]
+        check_aspect(height, width, path, self.max_aspect)
+        raw = pixels_to_rgb_uint8(pixels) if self.image_is_decoded and min(height, width) >= self.min_side else None
+        if raw is not None:
+            raw = torch.from_numpy(np.array(raw.transpose(2, 0, 1), order='C'))  # a writable CHW copy
+        if raw is not None and self.names == ['image']:
+            return {'image': raw}
+        sample = {'key': path, 'path': path, 'target': [], 'views': {'image': pixels_to_rgb_float(pixels)}}
+        views = self.transforms(sample)['views']
+        out = {}
+        for name in self.names:
+            if name == 'image' and raw is not None:
+                out[name] = raw
+            else:
+                view = upsample_to_min(views[name], self.min_side, interpolation='bicubic')
+                out[name] = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32))
+        return out
+
+
+class DeviceInput:
+    """Stacked views on the device: uint8 scaled to [0, 1], then CLIP-normalized when the model wants it."""
+
+    def __init__(self, device, normalize):
+        self.device = torch.device(device)
+        self.mean = self.inv_std = None
+        if normalize:  # the same float32 constants and operations as transforms.Normalize
+            self.mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+            inv_std = 1.0 / np.asarray(CLIP_STD, np.float32)
+            self.inv_std = torch.from_numpy(inv_std).to(self.device).view(1, 3, 1, 1)
+
+    def __call__(self, tensors):
+        x = torch.stack(tensors)
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        if self.mean is not None:
+            x = x.sub_(self.mean).mul_(self.inv_std)
+        return x
+
+
+def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect=MAX_ASPECT, read_ahead=8,
+                progress=None):
+    """Score image files; yields (index, scores list or None, error message or None) in input order.
+
+    model: (N, 3, H, W) or {view: (N, 3, H, W)} -> (N, P), in eval mode on its device.
+    batch_size: images per forward; only images whose views have equal sizes share a batch.
+    workers: decode processes (0: decode in this process). read_ahead: up to batch_size *
+    read_ahead decoded images wait for partners of their size before going in smaller batches.
+    min_side: smallest image side (default: measured on the model's CLIP). progress: a tqdm bar or None.
+    """
+    device = next(iter(model.buffers()), torch.empty(0)).device
+    views, normalized = model_views(model)
+    if min_side is None:
+        min_side = model_minimum_side(model)
+    dataset = ScoreImages(paths, views, min_side=min_side, max_aspect=max_aspect)
+    to_input = DeviceInput(device, normalized)
+    names = dataset.names
+    # batch_size=None: samples arrive one by one, in order; they are grouped by size here
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == 'cuda', prefetch_factor=2 * batch_size if workers else None,
+                        persistent_workers=False)
+    window = max(batch_size * read_ahead, 1)
+    buckets, pending = {}, 0
+    done, next_index = {}, 0
+
+    def run(batch):
+        inputs = {v: to_input([views_[v] for _, views_ in batch]) for v in names}
+        with torch.no_grad():
+            out = model(inputs if len(names) > 1 else inputs[names[0]]).float().cpu()
+        for (index, _), row in zip(batch, out):
+            done[index] = (row.tolist(), None)
+
+    def drain():
+        nonlocal next_index
+        while next_index in done:
+            scores, error = done.pop(next_index)
+            if progress is not None:
+                progress.update(1)
+            yield next_index, scores, error
+            next_index += 1
+
+    for index, sample, error in loader:
+        if sample is None:
+            done[index] = (None, error)
+        else:
+            sample = {v: t.to(device, non_blocking=True) for v, t in sample.items()}
+            key = tuple((tuple(t.shape), t.dtype) for t in sample.values())
+            bucket = buckets.setdefault(key, [])
+            bucket.append((index, sample))
+            pending += 1
+            if len(bucket) == batch_size:
+                run(buckets.pop(key))
+                pending -= batch_size
+            if pending >= window:  # the oldest rows wait for no one longer: run every partial batch
+                for bucket in buckets.values():
+                    run(bucket)
+                buckets, pending = {}, 0
+        yield from drain()
+    for bucket in buckets.values():
+        run(bucket)
+    yield from drain()
