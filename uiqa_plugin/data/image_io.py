@@ -9,7 +9,7 @@ import os
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.gif')
 
@@ -79,6 +79,8 @@ def decode_pixels(buf, name='<bytes>'):
             return np.asarray(img)
     except ImageReadError:
         raise
+    except UnidentifiedImageError as exc:  # its message names an in-memory buffer, not the file
+        raise ImageReadError(f'{name}: cannot decode image (not in an image format PIL reads)') from exc
     except Exception as exc:  # PIL raises many kinds of errors for broken files
         raise ImageReadError(f'{name}: cannot decode image ({type(exc).__name__}: {exc})') from exc
 

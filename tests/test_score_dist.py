@@ -1,0 +1,186 @@
+"""uiqa-score output: sharded over processes with torch.distributed.run, streamed, resumed, checked early."""
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import uiqa_plugin.scoring.loader as loader
+import uiqa_plugin.scoring.outputs as outputs
+from uiqa_plugin.tools.output_table import write_table
+from uiqa_plugin.tools.score import build_parser, main
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def photos(tmp_path):
+    rng = np.random.RandomState(3)
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    for i in range(7):
+        h, w = [(40, 52), (48, 64), (36, 36)][i % 3]
+        Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f'img{i}.png')
+    (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n cut')
+    return folder
+
+
+def clip_args(files):
+    return ['--clip-model', files['config'], '--clip-pretrained', files['openai'], '--device', 'cpu', '--no-progress']
+
+
+def run(files, args):
+    return main(args + clip_args(files))
+
+
+def read_csv(path):
+    with open(path, newline='') as f:
+        return list(csv.DictReader(f))
+
+
+def test_two_processes_merge_to_the_one_process_table(tiny_clip_files, photos, tmp_path):
+    single = tmp_path / 'single.csv'
+    assert run(tiny_clip_files, [str(photos), '-a', 'quality,sharpness', '--out', str(single), '--workers', '0']) == 1
+    sharded = tmp_path / 'sharded.csv'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           '-m', 'uiqa_plugin.tools.score', str(photos), '-a', 'quality,sharpness', '--out', str(sharded),
+           '--workers', '0'] + clip_args(tiny_clip_files)
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    # one input not scored: rank 0 exits 1 (the launcher then adds its own report), every rank ran to its end
+    assert out.returncode == 1 and 'broken.png: cannot decode image' in out.stderr and 'wrote 7 rows' in out.stderr
+    assert not re.search(r'File ".*uiqa_plugin', out.stderr)  # no traceback from our code
+    assert sharded.read_bytes() == single.read_bytes()  # same rows, same order, same float digits
+    assert len(read_csv(single)) == 7
+    assert not list(tmp_path.glob('*.part-*')) and not list(tmp_path.glob('*.tmp'))
+
+
+def test_resume_after_a_kill_scores_only_the_rest(tiny_clip_files, photos, tmp_path, monkeypatch):
+    full = tmp_path / 'full.json'
+    assert run(tiny_clip_files, [str(photos), '--out', str(full), '--workers', '0']) == 1
+    out = tmp_path / 'scores.json'
+
+    class Killed(BaseException):
+        pass
+
+    real_write = outputs.PartWriter.write
+    written = []
+
+    def dying_write(self, path, scores=None, error=None):
+        if len(written) == 3:
+            self.file.write('{"path": "half a li')  # the kill lands inside a line
+            self.file.flush()
+            raise Killed
+        written.append(path)
+        return real_write(self, path, scores, error)
+
+    monkeypatch.setattr(outputs.PartWriter, 'write', dying_write)
+    with pytest.raises(Killed):
+        run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0'])
+    monkeypatch.setattr(outputs.PartWriter, 'write', real_write)
+    parts = list(tmp_path.glob('scores.json.part-*.jsonl'))
+    assert len(parts) == 1 and not out.exists()
+
+    scored = []
+    real_iter = loader.iter_scores
+
+    def recording_iter(model, paths, **kwargs):
+        scored.extend(paths)
+        return real_iter(model, paths, **kwargs)
+
+    monkeypatch.setattr(loader, 'iter_scores', recording_iter)
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+    everything = sorted(str(p) for p in photos.iterdir())
+    broken = str(photos / 'broken.png')
+    assert written[0] == broken and scored == [p for p in everything if p == broken or p not in written]
+    assert out.read_text() == full.read_text()
+    assert not list(tmp_path.glob('scores.json.part-*'))
+
+    scored.clear()  # resuming a finished table scores nothing new but the failure, and keeps every row
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+    assert scored == [str(photos / 'broken.png')] and out.read_text() == full.read_text()
+
+
+def test_resume_refuses_a_table_of_other_columns(tiny_clip_files, photos, tmp_path, capsys):
+    out = tmp_path / 'scores.csv'
+    write_table([{'path': 'a.png', 'quality': 0.5}], ['path', 'quality'], str(out))
+    assert run(tiny_clip_files, [str(photos), '-a', 'sharpness', '--out', str(out), '--resume']) == 2
+    assert "has the columns ['path', 'quality'], this run gives ['path', 'sharpness']" in capsys.readouterr().err
+
+
+def never_load(*args, **kwargs):
+    raise AssertionError('the model must not be loaded when the output cannot be written')
+
+
+@pytest.mark.parametrize('target,reason', [('scores.txt', "unknown table format .txt"),
+                                           ('scores', 'unknown table format (no suffix)'),
+                                           ('/dev/null', 'unknown table format (no suffix)'),
+                                           ('folder.csv', 'is a folder'),
+                                           ('afile/sub/scores.csv', 'cannot write in folder')])
+def test_output_problems_are_found_before_scoring(tiny_clip_files, photos, tmp_path, monkeypatch, capsys,
+                                                  target, reason):
+    (tmp_path / 'folder.csv').mkdir()
+    (tmp_path / 'afile').write_text('a file, not a folder')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr('uiqa_plugin.create_metric', never_load)
+    assert run(tiny_clip_files, [str(photos), '--out', target]) == 2
+    err = capsys.readouterr().err
+    assert f'{target}: ' in err and reason in err
+
+
+def test_a_failed_write_keeps_the_rows(tiny_clip_files, photos, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'scores.csv'
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(outputs, 'write_table', disk_full)
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    err = capsys.readouterr().err
+    parts = list(tmp_path.glob('scores.csv.part-*.jsonl'))
+    assert f'{out}: cannot write the table (No space left on device)' in err and str(parts[0]) in err
+    assert len(parts[0].read_text().splitlines()) == 1 + 8  # header line + 7 rows + 1 failure
+    monkeypatch.undo()
+    monkeypatch.setattr(loader, 'iter_scores', lambda model, paths, **kw: iter([(0, None, 'x: retried')]))
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume']) == 1
+    assert len(read_csv(out)) == 7  # the rows came from the part file, nothing was scored again
+
+
+def test_concurrent_writers_each_leave_a_whole_table(tmp_path):
+    out = str(tmp_path / 'scores.json')
+    tables = {k: [{'path': f'{k}{i}.png', 'quality': i / 100} for i in range(200)] for k in 'ab'}
+    errors = []
+
+    def writer(key):
+        try:
+            for _ in range(15):
+                write_table(tables[key], ['path', 'quality'], out)
+        except Exception as exc:  # noqa: BLE001  (collected and asserted below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in 'ab']
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert json.loads(open(out).read()) in (tables['a'], tables['b'])
+    assert os.listdir(tmp_path) == ['scores.json']
+
+
+def test_usage_messages(tiny_clip_files, photos, tmp_path, capsys):
+    assert run(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '-a', 'quality']) == 2
+    assert '-a/--attributes does not apply to --checkpoint' in capsys.readouterr().err
+    assert run(tiny_clip_files, [str(photos), '--resume']) == 2
+    assert '--resume needs --out' in capsys.readouterr().err
+    help_text = build_parser().format_help()
+    assert '(default RN50)' not in help_text and help_text.count('(default: RN50)') == 1
+    assert 'examples:' in help_text and 'torch.distributed.run' in help_text and 'exit status' in help_text
+    assert run(tiny_clip_files, [str(photos / 'img0.png'), '--out', str(tmp_path / 'one.csv')]) == 0
+    assert 'wrote 1 row to' in capsys.readouterr().err
