@@ -129,9 +129,10 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     to_input = DeviceInput(device, normalized)
     names = dataset.names
     # batch_size=None: samples arrive one by one, in order; they are grouped by size here
+    # about one batch decoded ahead in all: enough to overlap, little shared memory (/dev/shm is small in containers)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == 'cuda', prefetch_factor=2 * batch_size if workers else None,
-                        persistent_workers=False)
+                        pin_memory=device.type == 'cuda',
+                        prefetch_factor=max(2, batch_size // workers) if workers else None)
     window = max(batch_size * read_ahead, 1)
     buckets, pending = {}, 0
     done, next_index = {}, 0

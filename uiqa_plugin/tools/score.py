@@ -18,7 +18,8 @@ def add_clip_arguments(parser):
                         help="open_clip tag ('openai', downloaded once), a local weight file "
                              "(OpenAI .pt/state dict or open_clip checkpoint), or 'none' for random weights")
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
-    parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass (equal sizes batch together)')
+    parser.add_argument('--batch-size', type=int, default=1,
+                        help='images per forward pass (equal sizes batch together)')
 
 
 EPILOG = """examples:
@@ -200,7 +201,8 @@ def score_streamed(args, metric, ranks):
     part = part_path(args.out, job_id, ranks.rank)
     try:
         with PartWriter(part, names) as writer, \
-                tqdm(total=len(shard), desc='scoring', unit='img', disable=args.no_progress or not ranks.is_main) as bar:
+                tqdm(total=len(shard), desc='scoring', unit='img',
+                     disable=args.no_progress or not ranks.is_main) as bar:
             for index, scores, error in iter_scores(metric, shard, batch_size=args.batch_size,
                                                     workers=min(args.workers, len(shard) // 2), progress=bar):
                 writer.write(shard[index], scores, error)
