@@ -183,11 +183,11 @@ def score_streamed(args, metric, ranks):
     """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
     import uuid
 
-    from uiqa_plugin.data.image_io import ImageReadError
-    from uiqa_plugin.scoring.loader import iter_scores
     from tqdm import tqdm
 
     from uiqa_plugin.api import output_names
+    from uiqa_plugin.data.image_io import ImageReadError
+    from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
     names = output_names(metric)
     job = plan(args, names) if ranks.is_main else None
