@@ -184,3 +184,19 @@ def test_usage_messages(tiny_clip_files, photos, tmp_path, capsys):
     assert 'examples:' in help_text and 'torch.distributed.run' in help_text and 'exit status' in help_text
     assert run(tiny_clip_files, [str(photos / 'img0.png'), '--out', str(tmp_path / 'one.csv')]) == 0
     assert 'wrote 1 row to' in capsys.readouterr().err
+
+
+def test_rank0_names_part_files_it_cannot_see(tiny_clip_files, photos, tmp_path, monkeypatch, capsys):
+    """Machines that do not share the --out file system: rank 0 says so instead of writing half a table."""
+    from uiqa_plugin.scoring.distributed import Ranks
+    monkeypatch.setenv('RANK', '0')
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setattr(Ranks, 'start', lambda self: self)
+    monkeypatch.setattr(Ranks, 'share', lambda self, obj: obj)  # rank 1 runs elsewhere (and never writes here)
+    monkeypatch.setattr(Ranks, 'wait_all', lambda self: None)
+    out = tmp_path / 'scores.csv'
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    err = capsys.readouterr().err
+    assert 'rank 0 cannot see the part files' in err and '-1.jsonl' in err and 'shares' in err
+    own = list(tmp_path.glob('scores.csv.part-*-0.jsonl'))
+    assert not out.exists() and len(own) == 1 and len(own[0].read_text().splitlines()) == 1 + 4  # items 0, 2, 4, 6

@@ -53,8 +53,7 @@ class ScoreImages(Dataset):
         specs = view_transform_specs(views, train=False, mean=None, std=None)
         self.transforms = build_transforms(specs[1:-2], train=False)  # without LoadImage, Normalize, Collect
         # the image view is the decoded image itself when no resize touches it
-        self.image_is_decoded = 'image' in views and not views['image'] and \
-            not any(t['type'] == 'Resize' for t in specs)
+        self.image_is_decoded = 'image' in views and not views['image']
 
     def __len__(self):
         return len(self.paths)

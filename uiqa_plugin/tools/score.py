@@ -216,12 +216,21 @@ def score_streamed(args, metric, ranks):
     if not ranks.is_main:
         return 0
     parts = [part_path(args.out, job_id, r) for r in range(ranks.world)]
-    rows, failures = merge_rows(job['paths'], names, job['earlier'], parts)
+    missing = [p for p in parts if not os.path.exists(p)]
+    if missing:  # ranks on other machines wrote them to their own disks
+        say(f'rank 0 cannot see the part files {", ".join(missing)}: --out must be on a file system that every '
+            f'machine shares; copy them next to {args.out} and rerun with --resume to merge them')
+        return 1
+    try:
+        rows, failures = merge_rows(job['paths'], names, job['earlier'], parts)
+    except OutputError as exc:  # a part file damaged by something else than a kill
+        say(exc)
+        return 1
     try:
         write_merged(args.out, rows, names, parts + job['old_parts'])
     except OutputError as exc:
         say(exc)
-        if not any(os.path.exists(p) for p in parts):
+        if not any(os.path.exists(p) for p in parts):  # the folder itself went away: the rows go to stdout
             print(printable(format_table(rows, ['path'] + names)))
         return 1
     say(f'wrote {len(rows)} row{"s" if len(rows) != 1 else ""} to {args.out}')
