@@ -159,3 +159,27 @@ def test_unreadable_files_in_workers_cost_one_row(tiny_metric_factory, mixed_siz
     from uiqa_plugin.data.image_io import ImageReadError
     with pytest.raises(ImageReadError, match='broken.jpg'):
         score_paths(tiny_metric_factory('quality'), paths, workers=2, strict=True, progress=False)
+
+
+def test_out_of_memory_on_one_image_costs_one_row(tiny_metric_factory, mixed_sizes):
+    metric = tiny_metric_factory('quality')
+
+    class TightMemory(torch.nn.Module):
+        """The metric, failing like an allocator on inputs wider than 60 pixels."""
+
+        def __init__(self):
+            super().__init__()
+            self.metric = metric
+            self.attribute_names = metric.attribute_names
+
+        def forward(self, images):
+            if images.shape[-1] > 60:
+                raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB")
+            return self.metric(images)
+
+    result = score_paths(TightMemory(), mixed_sizes, batch_size=2, workers=0, progress=False)
+    wide = [p for p in mixed_sizes if Image.open(p).size[0] > 60]
+    assert [r['path'] for r in result.rows] == [p for p in mixed_sizes if p not in wide]
+    assert [p for p, _ in result.failures] == wide and all('out of memory' in m for _, m in result.failures)
+    expected = reference_scores(metric, [r['path'] for r in result.rows])[:, 0]
+    assert np.abs(np.array([r['quality'] for r in result.rows]) - expected).max() <= 1e-6

@@ -110,6 +110,10 @@ class DeviceInput:
         return x
 
 
+def _out_of_memory(exc):
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc)  # CUDA / CPU allocator
+
+
 def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect=MAX_ASPECT, read_ahead=8,
                 progress=None):
     """Score image files; yields (index, scores list or None, error message or None) in input order.
@@ -127,8 +131,8 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     dataset = ScoreImages(paths, views, min_side=min_side, max_aspect=max_aspect)
     to_input = DeviceInput(device, normalized)
     names = dataset.names
-    # batch_size=None: samples arrive one by one, in order; they are grouped by size here
-    # about one batch decoded ahead in all: enough to overlap, little shared memory (/dev/shm is small in containers)
+    # batch_size=None: samples arrive one by one, in order, and are grouped by size here. About one batch is
+    # decoded ahead in all: enough to overlap, little shared memory (/dev/shm is small in containers).
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == 'cuda',
                         prefetch_factor=max(2, batch_size // workers) if workers else None)
@@ -137,9 +141,23 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     done, next_index = {}, 0
 
     def run(batch):
-        inputs = {v: to_input([views_[v] for _, views_ in batch]) for v in names}
-        with torch.no_grad():
-            out = model(inputs if len(names) > 1 else inputs[names[0]]).float().cpu()
+        inputs = {v: to_input([sample_views[v] for _, sample_views in batch]) for v in names}
+        try:
+            with torch.no_grad():
+                out = model(inputs if len(names) > 1 else inputs[names[0]]).float().cpu()
+        except RuntimeError as exc:  # one huge image must not end the run: retry alone, else skip it
+            if not _out_of_memory(exc):
+                raise
+            del inputs
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            if len(batch) > 1:
+                for item in batch:
+                    run([item])
+            else:
+                index = batch[0][0]
+                done[index] = (None, f'{paths[index]}: out of memory on {device} for this image ({exc})'.split('\n')[0])
+            return
         for (index, _), row in zip(batch, out):
             done[index] = (row.tolist(), None)
 
