@@ -4,14 +4,16 @@ The host does only what needs the whole decoded image: decoding, derived views (
 mosaic, centre crop), resizes. Plain 8-bit images whose ``image`` view is the decoded image
 itself travel as uint8 (a quarter of the bytes of float32) through pinned memory and become
 float on the device; CLIP normalization of models that take normalized input happens there
-too, with the same float32 operations as the host ``Normalize`` (results agree to the bit on
-the CPU). Rows come out in input order whatever the batching.
+too, with the same float32 operations as the host ``Normalize``. Rows come out in input order
+whatever the batching.
 """
+import multiprocessing
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from uiqa_plugin.data.image_io import (ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8)
+from uiqa_plugin.data.image_io import ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8
 from uiqa_plugin.data.image_ops import upsample_to_min
 from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD, build_transforms, view_transform_specs
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT, check_aspect, minimum_input_side
@@ -125,6 +127,8 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     min_side: smallest image side (default: measured on the model's CLIP). progress: a tqdm bar or None.
     """
     device = next(iter(model.buffers()), torch.empty(0)).device
+    if multiprocessing.current_process().daemon:  # e.g. inside a Pool worker: it may not start processes
+        workers = 0
     views, normalized = model_views(model)
     if min_side is None:
         min_side = model_minimum_side(model)
