@@ -127,3 +127,13 @@ def test_undecodable_names_are_printed_escaped(corpus, tiny_clip_files, capsys):
                  '--clip-pretrained', tiny_clip_files['openai'], '--device', 'cpu', '--no-progress']) == 0
     table = capsys.readouterr().out
     assert 'caf\\xe9.png' in table and float(table.splitlines()[1].split()[-1]) > 0
+
+
+def test_profile_scores_tiny_images_and_names_strips(corpus, tiny_metric_factory):
+    """uiqa-profile (and the report built on its rows) go through the same loader."""
+    from uiqa_plugin.perception.profile import profile_images
+    folder, good, bad = corpus
+    paths = [str(folder / 'one_pixel.png'), str(folder / 'strip.png'), str(folder / 'good.png')]
+    result = profile_images(tiny_metric_factory('look'), paths, batch_size=2, progress=False)
+    assert [r['path'] for r in result.rows] == [paths[0], paths[2]] and len(result.rows[0]) == 1 + 5
+    assert result.failures[0][0] == paths[1] and 'aspect ratio' in result.failures[0][1]
