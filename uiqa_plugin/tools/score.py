@@ -53,7 +53,8 @@ def build_parser():
                              "or 'positive|negative' pairs (default: quality; not with --checkpoint)")
     add_clip_arguments(parser)
     parser.add_argument('--workers', type=int, default=default_workers(),
-                        help='processes that decode images while the model runs (0: decode in this process)')
+                        help='processes that decode images while the model runs; 0: decode in this process '
+                             f'(default: min(4, CPUs) = {default_workers()})')
     parser.add_argument('--keep-pos-embed', action='store_true',
                         help="keep CLIP's positional embedding, interpolated in 2-D to each image's size "
                              '(default: removed, as CLIP-IQA does)')
