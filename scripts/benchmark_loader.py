@@ -1,0 +1,92 @@
+"""Is decoding ever the bottleneck? End-to-end scoring of JPEG files against the model alone.
+
+    python scripts/benchmark_loader.py --clip-model RN50 --clip-pretrained none --images 64 --batch-size 8
+
+Writes ``--images`` random-texture JPEGs of ``--size`` (default 1024x768) to a temporary folder,
+then measures, interleaved over ``--rounds``: the model alone on already decoded batches
+(images/s), and ``score_paths`` on the files with each ``--workers`` count. Prints a table and,
+with ``--json``, writes the numbers. Issue 11's target: end-to-end >= 90% of model-only with
+the default workers.
+"""
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+import uiqa_plugin
+from uiqa_plugin.data.image_io import image_to_tensor, read_image
+from uiqa_plugin.scoring import default_workers
+
+
+def make_images(folder, count, width, height, seed=0):
+    rng = np.random.RandomState(seed)
+    paths = []
+    for i in range(count):
+        small = rng.randint(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)  # smooth-ish, JPEG-like cost
+        img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
+        path = os.path.join(folder, f'{i:05d}.jpg')
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_only(metric, batch, batch_size, count):
+    device = next(iter(metric.buffers())).device
+    x = batch.to(device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(0, count, batch_size):
+            metric(x).float().cpu()
+    return count / (time.perf_counter() - start)
+
+
+def end_to_end(metric, paths, batch_size, workers):
+    start = time.perf_counter()
+    result = uiqa_plugin.score_paths(metric, paths, batch_size=batch_size, workers=workers, progress=False)
+    assert len(result.rows) == len(paths), result.failures
+    return len(paths) / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument('--clip-model', default='RN50', help='open_clip model name or JSON config')
+    parser.add_argument('--clip-pretrained', default='none', help='weights; none = random (speed is the same)')
+    parser.add_argument('--device', default=None, help='cpu, cuda ... (default: cuda if available)')
+    parser.add_argument('--images', type=int, default=64, help='number of JPEG files')
+    parser.add_argument('--size', type=int, nargs=2, default=[1024, 768], metavar=('W', 'H'), help='image size')
+    parser.add_argument('--batch-size', type=int, default=8, help='images per forward')
+    parser.add_argument('--workers', type=int, nargs='+', default=[0, default_workers()], help='worker counts')
+    parser.add_argument('--rounds', type=int, default=2, help='interleaved repetitions (best kept)')
+    parser.add_argument('--json', default=None, help='also write the numbers to this file')
+    args = parser.parse_args()
+
+    metric = uiqa_plugin.create_metric('quality', clip_model=args.clip_model, clip_pretrained=args.clip_pretrained,
+                                       device=args.device)
+    with tempfile.TemporaryDirectory() as folder:
+        print(f'writing {args.images} JPEGs of {args.size[0]}x{args.size[1]} ...', flush=True)
+        paths = make_images(folder, args.images, *args.size)
+        batch = torch.stack([image_to_tensor(read_image(p)) for p in paths[:args.batch_size]])
+        end_to_end(metric, paths[:args.batch_size], args.batch_size, 0)  # warm-up: text features, kernels
+        best = {'model only': 0.0, **{f'workers={w}': 0.0 for w in args.workers}}
+        for r in range(args.rounds):
+            best['model only'] = max(best['model only'], model_only(metric, batch, args.batch_size, args.images))
+            for w in args.workers:
+                best[f'workers={w}'] = max(best[f'workers={w}'], end_to_end(metric, paths, args.batch_size, w))
+            print(f'round {r + 1}/{args.rounds} done', flush=True)
+    reference = best['model only']
+    print(f'{"":14s} {"images/s":>9s} {"of model-only":>14s}')
+    for name, rate in best.items():
+        print(f'{name:14s} {rate:9.2f} {rate / reference:13.0%}')
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump({'config': vars(args), 'images_per_s': best, 'cpus': default_workers()}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
