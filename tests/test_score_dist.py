@@ -177,6 +177,8 @@ def test_concurrent_writers_each_leave_a_whole_table(tmp_path):
 def test_usage_messages(tiny_clip_files, photos, tmp_path, capsys):
     assert run(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '-a', 'quality']) == 2
     assert '-a/--attributes does not apply to --checkpoint' in capsys.readouterr().err
+    assert run(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '--keep-pos-embed']) == 2
+    assert '--keep-pos-embed does not apply to --checkpoint' in capsys.readouterr().err
     assert run(tiny_clip_files, [str(photos), '--resume']) == 2
     assert '--resume needs --out' in capsys.readouterr().err
     help_text = build_parser().format_help()

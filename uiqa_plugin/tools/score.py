@@ -103,6 +103,9 @@ def usage_problem(args, ranks):
     if args.checkpoint and args.attributes is not None:
         return ('-a/--attributes does not apply to --checkpoint: a trained model scores what it was trained on; '
                 'drop -a, or drop --checkpoint to score zero-shot attributes')
+    if args.checkpoint and args.keep_pos_embed:
+        return ('--keep-pos-embed does not apply to --checkpoint: the checkpoint says whether its model keeps '
+                "CLIP's positional embedding")
     if args.resume and not args.out:
         return '--resume needs --out: the table to complete'
     if ranks.world > 1 and not args.out:
