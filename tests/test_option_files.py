@@ -57,7 +57,7 @@ def test_zero_shot_demo_evaluation_runs(demo_data, tmp_path):
 
 def test_validation_messages():
     good = {'name': 'x', 'model_type': 'IQAModel', 'datasets': {'test': {'type': 'ImageFolderDataset'}},
-            'network_g': {'type': 'CLIPIQA'}}
+            'network_g': {'type': 'CLIPIQA', 'input_normalized': True}}  # the dataset normalizes (#8.5)
     validate_options(good, is_train=False)
     with pytest.raises(OptionError, match=r"network_g.type: unknown arch 'CLIPUQA' \(close: CLIPUIQA"):
         validate_options(dict(good, network_g={'type': 'CLIPUQA'}), is_train=False)

@@ -33,6 +33,8 @@ def build_parser():
     parser.add_argument('--checkpoint', default=None,
                         help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
                              'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help='import a module (my_pkg.my_arch or a .py file) that registers your own arch first')
     parser.add_argument('--out', '-o', default=None, help='write a .csv or .json table (default: print a table)')
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
@@ -62,6 +64,15 @@ def main(argv=None):
         return 2
     import uiqa_plugin
     from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.options import OptionError, check_device
+    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+        if args.device:
+            check_device(args.device, '--device')
+    except (OptionError, UserModuleError) as exc:
+        print(f'uiqa-score: {exc}', file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('default')
