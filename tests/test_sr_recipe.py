@@ -3,7 +3,6 @@ CLIP-IQA in its validation; the test.py recipe scores its outputs; the logged va
 import glob
 import os.path as osp
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -16,15 +15,6 @@ from test_training import REPO, run, write_yaml
 
 SR_YML = osp.join(REPO, 'options', 'demo', 'sr_msrresnet_demo.yml')
 SR_TEST_YML = osp.join(REPO, 'options', 'demo', 'test_sr_msrresnet_demo.yml')
-
-
-@pytest.fixture(scope='session')
-def sr_data(demo_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp('demo_sr')
-    done = subprocess.run([sys.executable, osp.join(REPO, 'scripts', 'make_sr_demo.py'), '--demo', str(demo_data),
-                           '--out', str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
 
 
 def sr_options(yml, sr_data, demo_data, **changes):
