@@ -312,7 +312,11 @@ def _check_optimizers(train_opt, model_cls, ours, problems):
     if numbers or 'optim_g' not in optimizers:
         return
     options = {k: v for k, v in sched_opt.items() if k != 'type'}
-    total_iter = train_opt.get('total_iter') if _is_type(train_opt.get('total_iter'), int) else None
+    total_iter = train_opt.get('total_iter')
+    if isinstance(total_iter, float) and total_iter.is_integer():
+        total_iter = int(total_iter)
+    if not (_is_type(total_iter, int) and total_iter > 0):
+        return  # reported under train.total_iter; the scheduler depends on it
     try:
         if ours:
             from uiqa_plugin.optim import build_scheduler
@@ -383,8 +387,14 @@ def _check_metrics(val_opt, model_cls, ours, problems, check_environment):
                             'calculate_uiqa_checkpoint for CLIP-IQA scores of its outputs')
             continue
         if getattr(fn, 'per_image', False):
-            _check_kwargs(fn, metric_opt, where, name, problems, skip=('type', 'img', 'img2') +
-                          tuple(getattr(fn, 'extra_option_keys', ())))
+            # ours take **kwargs only because BasicSR passes the whole dict: hold them to their named arguments
+            accepted = set(inspect.signature(fn).parameters) - {'img', 'img2', 'kwargs'}
+            accepted |= {'type', *getattr(fn, 'extra_option_keys', ())}
+            for key in metric_opt:
+                if key not in accepted:
+                    close = _close(key, sorted(accepted))
+                    problems.append(f'{where}.{key}: {name} has no option {key!r}' +
+                                    (f' (did you mean {close[0]!r}?)' if close else ''))
             _check_image_metric(name, metric_opt, where, problems, check_environment)
     return metrics
 
