@@ -36,7 +36,8 @@ def rgb_image(h=48, w=64, seed=0):
 def direct_score(metric, rgb01):
     """create_metric's model on an RGB float image (H, W, 3) in [0, 1]."""
     with torch.no_grad():
-        return metric(torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)[None])[0, 0].item()
+        image = torch.from_numpy(np.ascontiguousarray(rgb01, dtype=np.float32)).permute(2, 0, 1)[None]
+        return metric(image)[0, 0].item()
 
 
 def test_bgr_input_scores_like_its_rgb_image(tiny_metric_factory, clip_opts):

@@ -77,7 +77,8 @@ def test_a_strict_check_still_applies_to_basicsr_models():
     text = str(info.value)
     assert "network_d.num_fea: VGGStyleDiscriminator has no option 'num_fea' (did you mean 'num_feat'?)" in text
     assert "train.gan_opt.type: unknown loss 'GANLos' (close: GANLoss" in text
-    assert "train.optim_d.type: optimizer 'SGD' is not supported by ESRGANModel (BasicSR 1.4.2 builds only Adam)" in text
+    assert ("train.optim_d.type: optimizer 'SGD' is not supported by ESRGANModel (BasicSR 1.4.2 builds only Adam)"
+            in text)
     assert "train.optim_g.lr: expected a number, got the string '1e-4'" in text and '1.0e-4' in text
     assert 'val.metrics.srcc.type: calculate_srcc is a dataset-level metric' in text and 'calculate_clipiqa' in text
 

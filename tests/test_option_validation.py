@@ -88,7 +88,8 @@ def test_double_normalization_is_caught_both_ways():
     # CLIPIQA takes [0, 1] by default; the dataset normalizes by default: twice (#8.5)
     zero_shot = {'network_g': {'type': 'CLIPIQA'}}
     found = problems(zero_shot, is_train=False, removals=['train'])
-    assert len(found) == 2 and all(p.startswith('network_g.input_normalized: CLIPIQA takes RGB in [0, 1]') for p in found)
+    assert len(found) == 2
+    assert all(p.startswith('network_g.input_normalized: CLIPIQA takes RGB in [0, 1]') for p in found)
     assert 'datasets.train gives images already normalized' in found[0] and 'normalized twice' in found[0]
     assert problems({'network_g': {'type': 'CLIPIQA', 'input_normalized': True}}, is_train=False) == []
     dataset_01 = {'datasets.train.mean': None, 'datasets.train.std': None, 'datasets.val.mean': None,

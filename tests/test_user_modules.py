@@ -41,7 +41,8 @@ class MeanColourNet(nn.Module):
 
 def test_pop_import_args():
     argv = ['-opt', 'a.yml', '--import', 'pkg.arch', '--auto_resume', '--import=x.py,y', '--launcher', 'none']
-    assert pop_import_args(argv) == (['-opt', 'a.yml', '--auto_resume', '--launcher', 'none'], ['pkg.arch', 'x.py', 'y'])
+    assert pop_import_args(argv) == (['-opt', 'a.yml', '--auto_resume', '--launcher', 'none'],
+                                     ['pkg.arch', 'x.py', 'y'])
     with pytest.raises(UserModuleError, match='--import needs'):
         pop_import_args(['-opt', 'a.yml', '--import'])
 
@@ -122,7 +123,8 @@ def test_user_arch_trains_with_import_and_scores_with_import(demo_data, tmp_path
              '--no-progress']
     out = subprocess.run(score, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert out.returncode == 2 and 'Traceback' not in out.stderr
-    assert f"arch 'MeanColourNet' is not registered" in out.stderr and f'--import {tmp_path / "my_arch.py"}' in out.stderr
+    assert "arch 'MeanColourNet' is not registered" in out.stderr
+    assert f'--import {tmp_path / "my_arch.py"}' in out.stderr
 
     table = tmp_path / 'scores.csv'
     run(score + ['--import', 'my_arch.py', '--out', str(table)], tmp_path)

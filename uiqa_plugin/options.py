@@ -112,7 +112,8 @@ def _accepted_kwargs(func):
     targets = [k.__init__ for k in inspect.getmro(func) if '__init__' in vars(k)] if inspect.isclass(func) else [func]
     for target in targets:
         params = inspect.signature(target).parameters
-        names.update(n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != 'self')
+        names.update(n for n, p in params.items()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != 'self')
         if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
             return names, False
     return names, True
