@@ -56,6 +56,8 @@ def test_the_base_options_are_valid():
     ({'train.optim_g': {'type': 'SGD', 'lr': 0.1, 'momentun': 0.9}}, "train.optim_g: optimizer SGD: unknown option"),
     ({'train.optim_g.lr': '3e-3'}, "train.optim_g.lr: expected a number, got the string '3e-3' (YAML reads exponent "
                                    "notation without a dot as text: write 3.0e-3 or !!float 3e-3)"),
+    ({'train.optim_g.momentum': '0.9'}, "train.optim_g.momentum: expected a number, got the string '0.9' (remove "
+                                        "the quotes)"),
     ({'train.scheduler': {'type': 'Cosine'}}, "train.scheduler: scheduler: unknown type 'Cosine'"),
     ({'train.scheduler.eta_min': '1e-6'}, "train.scheduler.eta_min: expected a number, got the string '1e-6'"),
     ({'val.metrics': {'srcc': {'type': 'calculate_src'}}}, "val.metrics.srcc.type: unknown metric 'calculate_src' "

@@ -21,6 +21,7 @@ import difflib
 import inspect
 import math
 import os.path as osp
+import re
 
 import yaml
 
@@ -138,8 +139,11 @@ def _number_problem(value, where):
         float(value)
     except ValueError:
         return None
+    if 'e' not in value.lower():
+        return f'{where}: expected a number, got the string {value!r} (remove the quotes)'
+    fixed = re.sub(r'^([-+]?\d+)([eE])', r'\1.0\2', value.strip())  # 3e-3 -> 3.0e-3
     return (f'{where}: expected a number, got the string {value!r} (YAML reads exponent notation without a dot '
-            f'as text: write {value.replace("e", ".0e", 1) if "." not in value else value} or !!float {value})')
+            f'as text: write {fixed} or !!float {value})')
 
 
 def check_device(device, key='--device'):
