@@ -163,9 +163,12 @@ def run_pipeline(is_train, argv=None):
     validate_option_file(argv, is_train=is_train)
     patch_basicsr()
     sys.argv = [sys.argv[0]] + argv  # BasicSR's parser reads sys.argv
-    from basicsr.test import test_pipeline
-    from basicsr.train import train_pipeline
     try:
-        (train_pipeline if is_train else test_pipeline)(os.getcwd())
+        if is_train:
+            from basicsr.train import train_pipeline
+            train_pipeline(os.getcwd())
+        else:
+            from basicsr.test import test_pipeline
+            test_pipeline(os.getcwd())
     except OptionError as exc:  # found once the data is built (e.g. a batch larger than the training set)
         sys.exit(f'error: {exc}')
