@@ -78,3 +78,13 @@ def demo_data(tmp_path_factory):
                              text=True, timeout=600, cwd=REPO)
         assert out.returncode == 0, out.stderr[-3000:]
     return data
+
+
+@pytest.fixture(scope='session')
+def sr_data(demo_data, tmp_path_factory):
+    """Bicubic x4 pairs of the demo's clean photos (scripts/make_sr_demo.py): {train,val,test}/{GT,LQ}."""
+    out = tmp_path_factory.mktemp('demo_sr')
+    done = subprocess.run([sys.executable, osp.join(REPO, 'scripts', 'make_sr_demo.py'), '--demo', str(demo_data),
+                           '--out', str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out

@@ -30,8 +30,13 @@ def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path):
 
 
 @pytest.mark.parametrize('path', DEMO, ids=osp.basename)
-def test_demo_files_validate_with_the_demo_data(path, demo_data):
-    opt = demo_options(demo_data, yml=path)
+def test_demo_files_validate_with_the_demo_data(path, demo_data, request):
+    if 'sr_msrresnet' in osp.basename(path):  # restoration recipes: SR pairs from scripts/make_sr_demo.py
+        from test_sr_recipe import sr_options
+        opt = sr_options(path, request.getfixturevalue('sr_data'), demo_data)
+        opt['path']['pretrain_network_g'] = None  # the test recipe's network comes from the training recipe
+    else:
+        opt = demo_options(demo_data, yml=path)
     validate_options(opt, is_train='train' in opt['datasets'], source=osp.basename(path))
 
 
@@ -57,7 +62,7 @@ def test_zero_shot_demo_evaluation_runs(demo_data, tmp_path):
 
 def test_validation_messages():
     good = {'name': 'x', 'model_type': 'IQAModel', 'datasets': {'test': {'type': 'ImageFolderDataset'}},
-            'network_g': {'type': 'CLIPIQA'}}
+            'network_g': {'type': 'CLIPIQA', 'input_normalized': True}}  # the dataset normalizes (#8.5)
     validate_options(good, is_train=False)
     with pytest.raises(OptionError, match=r"network_g.type: unknown arch 'CLIPUQA' \(close: CLIPUIQA"):
         validate_options(dict(good, network_g={'type': 'CLIPUQA'}), is_train=False)

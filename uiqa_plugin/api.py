@@ -49,6 +49,9 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
                          'convert published CLIP-IQA+ weights with uiqa-convert)')
     options = dict(ckpt['network_g'])
     arch = options.pop('type')
+    if arch not in ARCH_REGISTRY:  # a user's arch: its module must be imported first (never from the file)
+        from uiqa_plugin.user_modules import unknown_arch_message
+        raise ValueError(unknown_arch_message(checkpoint, arch, ckpt.get('imports')))
     if clip_model is not None:
         options['clip_model'] = clip_model
     if clip_pretrained is not None:

@@ -98,6 +98,8 @@ def build_dataloader(dataset, dataset_opt, num_gpu=1, dist=False, sampler=None, 
     phase = dataset_opt['phase']
     num_workers = dataset_opt.get('num_worker_per_gpu', 0)
     if phase == 'train':
+        from uiqa_plugin.options import check_train_batches
+        check_train_batches(dataset, dataset_opt, world_size)  # drop_last: a too large batch gives 0 iterations
         args = dict(dataset=dataset, batch_size=dataset_opt['batch_size_per_gpu'], shuffle=sampler is None,
                     num_workers=num_workers, sampler=sampler, drop_last=True)
         if seed is not None:
@@ -116,6 +118,7 @@ def fill_defaults(opt):
     """Defaults BasicSR's runner reads without a fallback (it raises KeyError when they are absent)."""
     if opt.get('val') is not None:
         opt['val'].setdefault('save_img', False)
+        opt['val'].setdefault('suffix', None)  # SRModel reads it when saving test images
     opt.setdefault('path', {})
     if opt.get('is_train'):
         logger = opt.setdefault('logger', {})
@@ -154,14 +157,18 @@ def run_pipeline(is_train, argv=None):
     """Validate the option file, fix BasicSR's runner and run its train or test pipeline in the working directory."""
     import sys
     import uiqa_plugin  # noqa: F401  (basicsr compatibility + registrations)
-    from uiqa_plugin.options import validate_option_file
-    argv = launcher_args(sys.argv[1:] if argv is None else list(argv))
+    from uiqa_plugin.options import OptionError, validate_option_file
+    from uiqa_plugin.user_modules import import_from_argv
+    argv = import_from_argv(launcher_args(sys.argv[1:] if argv is None else list(argv)))
     validate_option_file(argv, is_train=is_train)
     patch_basicsr()
     sys.argv = [sys.argv[0]] + argv  # BasicSR's parser reads sys.argv
-    if is_train:
-        from basicsr.train import train_pipeline
-        train_pipeline(os.getcwd())
-    else:
-        from basicsr.test import test_pipeline
-        test_pipeline(os.getcwd())
+    try:
+        if is_train:
+            from basicsr.train import train_pipeline
+            train_pipeline(os.getcwd())
+        else:
+            from basicsr.test import test_pipeline
+            test_pipeline(os.getcwd())
+    except OptionError as exc:  # found once the data is built (e.g. a batch larger than the training set)
+        sys.exit(f'error: {exc}')

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
 from uiqa_plugin.optim import build_optimizer, build_scheduler
+from uiqa_plugin.user_modules import recorded_imports
 
 DEFAULT_METRICS = {'srcc': {'type': 'calculate_srcc'}, 'plcc': {'type': 'calculate_plcc'}}
 
@@ -266,6 +267,7 @@ class IQAModel(BaseModel):
         payload = {param_key: state, 'network_g': deepcopy(self.opt['network_g']),
                    'attribute_names': list(getattr(bare, 'attribute_names', [])),
                    'view_options': deepcopy(view_options)}  # lets uiqa-score build the same views
+        payload['imports'] = recorded_imports(self.opt)  # user modules the arch needs (named, never auto-imported)
         tmp = path + '.tmp'
         torch.save(payload, tmp)
         os.replace(tmp, path)  # never a half-written checkpoint

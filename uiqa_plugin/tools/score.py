@@ -61,6 +61,8 @@ def build_parser():
     parser.add_argument('--checkpoint', default=None,
                         help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
                              'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help='import a module (my_pkg.my_arch or a .py file) that registers your own arch first')
     parser.add_argument('--out', '-o', default=None,
                         help='write a .csv or .json table, streamed while scoring (default: print a table)')
     parser.add_argument('--resume', action='store_true',
@@ -250,6 +252,15 @@ def main(argv=None):
         print_attributes()
         return 0
     from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.options import OptionError, check_device
+    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+        if args.device:
+            check_device(args.device, '--device')
+    except (OptionError, UserModuleError) as exc:
+        say(str(exc))
+        return 2
     from uiqa_plugin.scoring.distributed import Ranks
     from uiqa_plugin.scoring.outputs import OutputError, check_output_path
     ranks = Ranks()
