@@ -25,6 +25,8 @@ def model_views(model):
     views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None)
     names = getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image']
     views = views or {v: {} for v in names}
+    if isinstance(views, (list, tuple)):  # datasets accept a list of view names (default options)
+        views = {v: {} for v in views}
     return views, bool(getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False)))
 
 
