@@ -4,7 +4,6 @@ checkpoint and its record included; unreadable latest states are skipped and nam
 import os
 import os.path as osp
 import re
-import shutil
 import subprocess
 import sys
 
@@ -15,6 +14,8 @@ from test_training import REPO, demo_options, write_yaml
 # Runs uiqa_plugin/train.py with one failure injected, as a kill would leave things:
 #   UIQA_KILL_AT=N        the process dies (os._exit, no clean-up) at the start of iteration N
 #   UIQA_KILL_IN_SAVE=P   the process dies half-way through writing a file whose name contains P
+#   UIQA_FAIL_AT=N UIQA_FAIL_RANK=R   rank R raises at iteration N (the others carry on)
+#   UIQA_READONLY=D       writing into a folder named D fails as on a read-only file system
 INJECT = r'''
 import os, sys
 sys.path.insert(0, os.environ['UIQA_REPO'])
@@ -40,18 +41,41 @@ if in_save:
             os._exit(9)
         return real_save(obj, f, *args, **kwargs)
     cio.torch.save = torch_save
+fail_at = int(os.environ.get('UIQA_FAIL_AT', 0))
+if fail_at:
+    original_step = IQAModel.optimize_parameters
+    def failing(self, current_iter):
+        if current_iter == fail_at and self.opt['rank'] == int(os.environ['UIQA_FAIL_RANK']):
+            raise RuntimeError(f"injected failure on rank {self.opt['rank']} at iteration {current_iter}")
+        return original_step(self, current_iter)
+    IQAModel.optimize_parameters = failing
+readonly = os.environ.get('UIQA_READONLY')
+if readonly:
+    import errno
+    import uiqa_plugin.checkpoint_io as cio
+    real_mkstemp = cio.tempfile.mkstemp
+    def mkstemp(*args, **kwargs):
+        folder = kwargs.get('dir')
+        if folder and os.path.basename(folder) == readonly:
+            raise PermissionError(errno.EROFS, 'Read-only file system', os.path.join(folder, kwargs['prefix']))
+        return real_mkstemp(*args, **kwargs)
+    cio.tempfile.mkstemp = mkstemp
 from uiqa_plugin.train import main
 main(sys.argv[1:])
 '''
 
 
-def run_train(cwd, opt_path, *extra, env=None, check=True):
+def inject_script(cwd):
     script = osp.join(str(cwd), '_inject_train.py')
     with open(script, 'w') as f:
         f.write(INJECT)
+    return script
+
+
+def run_train(cwd, opt_path, *extra, env=None, check=True, launcher=(), timeout=600):
     full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', UIQA_REPO=REPO, **(env or {}))
-    out = subprocess.run([sys.executable, script, '-opt', opt_path, *extra], capture_output=True, text=True,
-                         timeout=600, cwd=str(cwd), env=full_env)
+    out = subprocess.run([sys.executable, *launcher, inject_script(cwd), '-opt', opt_path, *extra],
+                         capture_output=True, text=True, timeout=timeout, cwd=str(cwd), env=full_env)
     if check:
         assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-5000:])
     return out

@@ -524,7 +524,7 @@ def _exit_with_message(message, code=1):
     import json
     import sys
     error_file = os.environ.get('TORCHELASTIC_ERROR_FILE')
-    if error_file and _launched_rank() == 0:
+    if error_file:
         try:
             with open(error_file, 'w', encoding='utf-8') as f:
                 json.dump({'message': {'message': message, 'extraInfo': {
@@ -581,6 +581,7 @@ def run_pipeline(is_train, argv=None):
     import sys
     import uiqa_plugin  # noqa: F401  (basicsr compatibility + registrations)
     from uiqa_plugin.checkpoint_io import CheckpointReadError
+    from uiqa_plugin.models.iqa_model import CheckpointWriteError
     argv = launcher_args(sys.argv[1:] if argv is None else list(argv))
     if '--trust-checkpoint' in argv:
         argv.remove('--trust-checkpoint')
@@ -594,5 +595,5 @@ def run_pipeline(is_train, argv=None):
         else:
             from basicsr.test import test_pipeline
             test_pipeline(os.getcwd())
-    except (CheckpointReadError, ExperimentInUseError) as exc:  # the message says it all
+    except (CheckpointReadError, CheckpointWriteError, ExperimentInUseError) as exc:  # the message says it all
         _exit_with_message(f'error: {exc}', 1)

@@ -73,6 +73,10 @@ def missing_clip_paths(net_opt):
             if looks_like_path(net_opt.get(k)) and not osp.exists(osp.expanduser(net_opt[k]))]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint or training state could not be written; the message names the file."""
+
+
 class ParameterEMA:
     """Exponential moving average of a network's trainable parameters (BasicSR's ``net_g_ema``).
 
@@ -464,7 +468,7 @@ class IQAModel(BaseModel):
         try:
             save_checkpoint(obj, path)  # atomic: a kill leaves the previous file, never a truncated one
         except OSError as exc:
-            raise OSError(f'cannot write the {what} file {path}: {exc.strerror or exc} '
+            raise CheckpointWriteError(f'cannot write the {what} file {path}: {exc.strerror or exc} '
                           f'(is {osp.dirname(path)} writable, is the disk full?)') from exc
 
     def save_training_state(self, epoch, current_iter):
