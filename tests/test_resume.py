@@ -73,7 +73,8 @@ def inject_script(cwd):
 
 
 def run_train(cwd, opt_path, *extra, env=None, check=True, launcher=(), timeout=600):
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', UIQA_REPO=REPO, **(env or {}))
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', UIQA_REPO=REPO)
+    full_env.update(env or {})
     out = subprocess.run([sys.executable, *launcher, inject_script(cwd), '-opt', opt_path, *extra],
                          capture_output=True, text=True, timeout=timeout, cwd=str(cwd), env=full_env)
     if check:

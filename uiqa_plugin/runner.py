@@ -187,12 +187,32 @@ def _parse_options_with_defaults(parse_options):
     return wrapped
 
 
+def _ordered_yaml_with_defaults(ordered_yaml):
+    """BasicSR's YAML loader, filling the top-level keys its parser reads before any default applies."""
+    def wrapped():
+        loader, dumper = ordered_yaml()
+
+        class LoaderWithDefaults(loader):
+            def get_single_data(self):
+                data = super().get_single_data()
+                if isinstance(data, dict):
+                    if data.get('path') is None:
+                        data['path'] = {}
+                    data.setdefault('num_gpu', 'auto')
+                return data
+        return LoaderWithDefaults, dumper
+    wrapped.__wrapped__ = ordered_yaml
+    return wrapped
+
+
 def patch_basicsr():
     """Install the replacements above into BasicSR's runner modules (idempotent)."""
     import basicsr.test
     import basicsr.train
     import basicsr.utils.options
     basicsr.utils.options.init_dist = init_dist
+    if not hasattr(basicsr.utils.options.ordered_yaml, '__wrapped__'):
+        basicsr.utils.options.ordered_yaml = _ordered_yaml_with_defaults(basicsr.utils.options.ordered_yaml)
     for module in (basicsr.train, basicsr.test):
         if not hasattr(module.parse_options, '__wrapped__'):
             module.parse_options = _parse_options_with_defaults(module.parse_options)

@@ -16,6 +16,7 @@ Differences from BasicSR's SRModel, each for a reason:
 """
 import contextlib
 import csv
+import inspect
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
 from uiqa_plugin.optim import build_optimizer, build_scheduler
 
+DDP_PARAMETERS = inspect.signature(DistributedDataParallel.__init__).parameters
 DEFAULT_METRICS = {'srcc': {'type': 'calculate_srcc'}, 'plcc': {'type': 'calculate_plcc'}}
 
 
@@ -226,7 +228,10 @@ class IQAModel(BaseModel):
             if trainable:
                 device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
                 # Buffers are constants (token ids, group indices): no need to broadcast them every step.
-                net = DistributedDataParallel(net, device_ids=device_ids, broadcast_buffers=False,
+                # torch >= 2.13 names this forward_sync_buffers (broadcast_buffers warns once per rank).
+                no_sync = ({'forward_sync_buffers': False} if 'forward_sync_buffers' in DDP_PARAMETERS
+                           else {'broadcast_buffers': False})
+                net = DistributedDataParallel(net, device_ids=device_ids, **no_sync,
                                               find_unused_parameters=self.opt.get('find_unused_parameters', False))
         return net
 
