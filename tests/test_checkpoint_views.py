@@ -24,6 +24,7 @@ def trained(demo_data, tmp_path_factory):
     opt = demo_options(demo_data, **{'train.total_iter': 4, 'val.val_freq': 1000, 'logger.print_freq': 2,
                                      'logger.save_checkpoint_freq': 1000, 'name': 'views', 'val.pbar': False})
     opt['network_g'].update(clip_model='tiny-rn.json', clip_pretrained='tiny.pt')
+    opt['train']['ema_decay'] = 0.5  # validation and scoring use the average
     for phase in ('train', 'val'):
         opt['datasets'][phase].update(resize={'short_side': 96},
                                       views={'image': {}, 'fragments': {'grid': 2, 'patch': 16},
@@ -42,6 +43,8 @@ def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monk
     ckpt = torch.load(trained['ckpt'], weights_only=True)
     assert ckpt['network_g']['clip_pretrained'] == str(trained['cwd'] / 'tiny.pt')
     assert ckpt['preprocessing']['resize'] == {'short_side': 96}
+    # The average differs from the last weights, and validation used it: the scores below match it.
+    assert not torch.equal(ckpt['params']['prompt_learner.ctx'], ckpt['params_ema']['prompt_learner.ctx'])
     model = load_trained_model(trained['ckpt'], device='cpu')
     path = str(demo_data / '1024x768' / sorted(trained['predictions'])[0])
     views = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
