@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from test_training import REPO, demo_options, write_yaml
@@ -82,13 +83,14 @@ def run_train(cwd, opt_path, *extra, env=None, check=True, launcher=(), timeout=
     return out
 
 
-def resume_options(demo_data, name, **changes):
+def resume_options(demo_data, name, workers=0, **changes):
     """32 iterations over 16-batch epochs: resumes land inside an epoch and runs cross epochs."""
     settings = {'train.total_iter': 32, 'val.val_freq': 6, 'logger.print_freq': 4,
                 'logger.save_checkpoint_freq': 5, 'name': name, 'val.pbar': False, 'train.ema_decay': 0.9}
     settings.update(changes)
     opt = demo_options(demo_data, **settings)
     opt['datasets']['train']['batch_size_per_gpu'] = 8
+    opt['datasets']['train']['num_worker_per_gpu'] = workers
     opt['datasets']['train']['views'] = opt['datasets']['val']['views'] = {
         'image': {'size': 64}, 'fragments': {'grid': 2, 'patch': 32}, 'salient': {'size': 64}}
     return opt
@@ -110,17 +112,20 @@ def best_lines(log):
     return re.findall(r'# srcc: (-?[0-9.]+)\tBest: (-?[0-9.]+) @ (\d+) iter', log)
 
 
-def reference_run(demo_data, tmp_path):
+def reference_run(demo_data, tmp_path, workers=0):
     """The uninterrupted run, in its own folder."""
     ref = tmp_path / 'ref'
     ref.mkdir()
-    opt = resume_options(demo_data, 'exact')
+    opt = resume_options(demo_data, 'exact', workers=workers)
     out = run_train(ref, write_yaml(ref, opt))
     return ref / 'experiments' / 'exact', out.stdout + out.stderr
 
 
-def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path):
-    ref_exp, ref_log = reference_run(demo_data, tmp_path)
+@pytest.mark.parametrize('workers', [0, 2])
+def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path, workers):
+    # Random flips and fragment offsets are drawn in the main process (0 workers) or in the
+    # workers (2): both resume at the same samples with the same random numbers.
+    ref_exp, ref_log = reference_run(demo_data, tmp_path, workers)
     # The last iteration is 32, validated once (not at 33 or 34), and the final record names it.
     assert best_lines(ref_log)[-1][2] in {'6', '12', '18', '24', '30', '32'}
     assert len(re.findall(r'Validation demo_val', ref_log)) == 6  # 6, 12, 18, 24, 30 and the final 32
@@ -128,7 +133,7 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
 
     run = tmp_path / 'run'
     run.mkdir()
-    path = write_yaml(run, resume_options(demo_data, 'exact'))
+    path = write_yaml(run, resume_options(demo_data, 'exact', workers=workers))
     killed = run_train(run, path, env={'UIQA_KILL_AT': '23'}, check=False)  # mid-epoch 1, after the save at 20
     assert killed.returncode == 9
     exp = run / 'experiments' / 'exact'
@@ -136,6 +141,7 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     resumed = run_train(run, path, '--auto_resume')
     log = resumed.stdout + resumed.stderr
     assert 'Resuming training from epoch: 1, iter: 20.' in log
+    assert ('replaying its first 4 batches' in log) == (workers > 0)
     for name in ('net_g_latest.pth', 'net_g_best.pth', 'net_g_30.pth'):
         assert_same_weights(ref_exp / 'models' / name, exp / 'models' / name)
     # The best record travelled in the state: the same "Best @" lines as the uninterrupted run after 20.
