@@ -309,10 +309,11 @@ def rng_from_plain(plain):
     import numpy as np
     version, internal, gauss = plain['python']
     kind, keys, pos, has_gauss, cached = plain['numpy']
-    state = {'python': (version, tuple(internal), gauss), 'torch': plain['torch'],
-             'numpy': (kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
+    # Training states are loaded onto the training device; random states live on the CPU.
+    state = {'python': (version, tuple(internal), gauss), 'torch': plain['torch'].cpu(),
+             'numpy': (kind, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached)}
     if 'cuda' in plain:
-        state['cuda'] = plain['cuda']
+        state['cuda'] = [s.cpu() for s in plain['cuda']]
     return state
 
 
