@@ -115,3 +115,16 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
     assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_0']
     assert not any(column.startswith('target') for column in rows[0])
     assert all(0 <= float(r['pred_0']) <= 1 for r in rows)
+
+
+def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(demo_data):
+    from types import SimpleNamespace
+
+    from uiqa_plugin.api import view_pipeline
+    model = SimpleNamespace(views=['image'], preprocessing={'transforms': [
+        {'type': 'LoadImage', 'io_backend': {'type': 'lmdb', 'db_paths': ['train.lmdb']}},
+        {'type': 'Resize', 'size': [40, 50]}, {'type': 'Normalize', 'mean': None, 'std': None},
+        {'type': 'Collect', 'keys': ['image']}]})
+    path = str(sorted((demo_data / '1024x768').iterdir())[0])
+    out = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
+    assert tuple(out['image'].shape) == (3, 40, 50) and 0 <= float(out['image'].min()) <= float(out['image'].max()) <= 1

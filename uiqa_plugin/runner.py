@@ -64,7 +64,7 @@ _TRUST_FLAG = [False]  # --trust-checkpoint on the command line (BasicSR's parse
 
 
 def trust_checkpoint(opt):
-    """Whether the user vouches for the weight files of this run (``--trust-checkpoint`` / ``path.trust_checkpoint``)."""
+    """Whether the user vouches for this run's weight files (``--trust-checkpoint`` / ``path.trust_checkpoint``)."""
     return bool(_TRUST_FLAG[0] or opt.get('trust_checkpoint') or (opt.get('path') or {}).get('trust_checkpoint'))
 
 
@@ -437,7 +437,7 @@ def train_pipeline(root_path):
         for message in skipped:
             logger.warning(f'auto_resume: {message}')
         tb_logger = bt.init_tb_loggers(opt)
-        train_loader, train_sampler, val_loaders, total_epochs, total_iters = bt.create_train_val_dataloader(opt, logger)
+        train_loader, train_sampler, val_loaders, _, total_iters = bt.create_train_val_dataloader(opt, logger)
         model = build_model(opt)
         _train_loop(opt, model, train_loader, train_sampler, val_loaders, total_iters, resume_state, tb_logger, logger)
         if tb_logger:
