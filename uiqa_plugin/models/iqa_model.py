@@ -474,7 +474,7 @@ class IQAModel(BaseModel):
             save_checkpoint(obj, path)  # atomic: a kill leaves the previous file, never a truncated one
         except OSError as exc:
             raise CheckpointWriteError(f'cannot write the {what} file {path}: {exc.strerror or exc} '
-                          f'(is {osp.dirname(path)} writable, is the disk full?)') from exc
+                                       f'(is {osp.dirname(path)} writable, is the disk full?)') from exc
 
     def save_training_state(self, epoch, current_iter):
         """Atomic training state with everything an exact resume needs (runner.train_pipeline).
