@@ -112,20 +112,25 @@ def best_lines(log):
     return re.findall(r'# srcc: (-?[0-9.]+)\tBest: (-?[0-9.]+) @ (\d+) iter', log)
 
 
-def reference_run(demo_data, tmp_path, workers=0):
-    """The uninterrupted run, in its own folder."""
-    ref = tmp_path / 'ref'
-    ref.mkdir()
-    opt = resume_options(demo_data, 'exact', workers=workers)
-    out = run_train(ref, write_yaml(ref, opt))
-    return ref / 'experiments' / 'exact', out.stdout + out.stderr
+@pytest.fixture(scope='module')
+def reference_run(demo_data, tmp_path_factory):
+    """reference_run(workers) -> (experiment folder, log) of the uninterrupted run, run once per module."""
+    done = {}
+
+    def get(workers=0):
+        if workers not in done:
+            ref = tmp_path_factory.mktemp(f'ref{workers}')
+            out = run_train(ref, write_yaml(ref, resume_options(demo_data, 'exact', workers=workers)))
+            done[workers] = (ref / 'experiments' / 'exact', out.stdout + out.stderr)
+        return done[workers]
+    return get
 
 
 @pytest.mark.parametrize('workers', [0, 2])
-def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path, workers):
+def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path, reference_run, workers):
     # Random flips and fragment offsets are drawn in the main process (0 workers) or in the
     # workers (2): both resume at the same samples with the same random numbers.
-    ref_exp, ref_log = reference_run(demo_data, tmp_path, workers)
+    ref_exp, ref_log = reference_run(workers)
     # The last iteration is 32, validated once (not at 33 or 34), and the final record names it.
     assert best_lines(ref_log)[-1][2] in {'6', '12', '18', '24', '30', '32'}
     assert len(re.findall(r'Validation demo_val', ref_log)) == 6  # 6, 12, 18, 24, 30 and the final 32
@@ -150,8 +155,8 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     assert state['best_metric_results'] == ref_state['best_metric_results']
 
 
-def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(demo_data, tmp_path):
-    ref_exp, _ = reference_run(demo_data, tmp_path)
+def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(demo_data, tmp_path, reference_run):
+    ref_exp, _ = reference_run()
     run = tmp_path / 'run'
     run.mkdir()
     path = write_yaml(run, resume_options(demo_data, 'exact'))
