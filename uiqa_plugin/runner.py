@@ -3,9 +3,13 @@
 - ``init_dist``: BasicSR always uses NCCL and CUDA; we use gloo on CPU and set the CUDA device by LOCAL_RANK.
 - ``launcher_args``: torchrun passes no ``--launcher``; we detect its environment. The old
   ``torch.distributed.launch`` passes ``--local-rank``, which BasicSR's parser rejects; we drop it.
-- ``load_resume_state``: BasicSR maps training states to CUDA; we map to the device in use.
+- ``load_resume_state``: BasicSR maps training states to CUDA and unpickles them; we map to the device
+  in use, read with ``weights_only`` and skip an unreadable latest state for the previous good one.
 - ``build_dataloader``: adds our collate (clear errors for unequal image sizes) and shards
   validation sets across ranks (the model gathers the predictions).
+- ``train_pipeline``: BasicSR's loop, plus an experiment lock, an exact resume (next batch of the
+  interrupted epoch, restored random states) and one final validation at ``total_iter``.
+- ``run_pipeline``: option errors, refused weight files and a locked experiment end in one message.
 """
 import datetime
 import logging
