@@ -32,18 +32,22 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     return metric.to(device or default_device()).eval()
 
 
-def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None):
+def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, trust=False):
     """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
 
-    The checkpoint carries the arch options (``network_g``) and the view options it was trained
-    with; CLIP itself is loaded as usual, from ``clip_model`` / ``clip_pretrained`` when given
-    (e.g. a local weight file), else from the names stored in the checkpoint.
+    The checkpoint carries the arch options (``network_g``, with absolute CLIP paths) and the
+    preprocessing it was validated with (``view_pipeline`` rebuilds it). CLIP itself is loaded
+    as usual, from ``clip_model`` / ``clip_pretrained`` when given (e.g. a local weight file),
+    else from the names stored in the checkpoint. The weights are the averaged ones
+    (``params_ema``) when the run kept an average, as its validation used them.
+
+    trust: allow a file that needs full unpickling (it may run code); never the default.
+    Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable or refused files.
     """
     from basicsr.utils.registry import ARCH_REGISTRY
-    try:
-        ckpt = torch.load(checkpoint, map_location='cpu', weights_only=False)
-    except Exception as exc:  # missing, truncated or foreign file
-        raise ValueError(f'{checkpoint}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})') from exc
+    from uiqa_plugin.checkpoint_io import load_checkpoint
+    from uiqa_plugin.models.iqa_model import missing_clip_paths
+    ckpt = load_checkpoint(checkpoint, trust=trust)
     if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
         raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
                          'convert published CLIP-IQA+ weights with uiqa-convert)')
@@ -56,11 +60,20 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
         options['clip_model'] = clip_model
     if clip_pretrained is not None:
         options['clip_pretrained'] = clip_pretrained
+    missing = missing_clip_paths(options)
+    if missing:
+        flags = {'clip_model': '--clip-model', 'clip_pretrained': '--clip-pretrained'}
+        raise ValueError(f'{checkpoint}: it was trained with CLIP files that are not here: ' +
+                         ', '.join(f'{k} {v}' for k, v in missing) + '; point at them with ' +
+                         ' / '.join(flags[k] for k, _ in missing) + ' (uiqa-score) or ' +
+                         ' / '.join(f'{k}=' for k, _ in missing) + ' (load_trained_model)')
     model = ARCH_REGISTRY.get(arch)(**options)
+    params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:
-        model.load_state_dict(ckpt['params'], strict=True)
+        model.load_state_dict(params, strict=True)
     except RuntimeError as exc:
         raise ValueError(f'{checkpoint}: weights do not fit {arch} built from its own options: {exc}') from exc
+    model.preprocessing = ckpt.get('preprocessing')
     model.view_options = ckpt.get('view_options')
     if getattr(model, 'regressor', None) is not None:
         model.output_names = ['score']
@@ -73,9 +86,29 @@ def output_names(model):
 
 
 def view_pipeline(model):
-    """The evaluation transform chain that turns an image file into the views ``model`` takes."""
+    """The evaluation transform chain that turns an image file into the views ``model`` takes.
+
+    For a trained model, the preprocessing stored in its checkpoint (the validation dataset's
+    ``resize``, ``views``, ``mean``/``std`` or explicit ``transforms``), read from disk; else the
+    model's views with CLIP's normalization when it expects normalized input.
+    """
     from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
     from uiqa_plugin.data.transforms import build_transforms, view_transform_specs
+    pre = getattr(model, 'preprocessing', None)
+    if pre and pre.get('transforms'):
+        specs = [dict(s) for s in pre['transforms']]
+        if specs[0].get('type') != 'LoadImage':
+            specs.insert(0, {'type': 'LoadImage'})
+        if specs[-1].get('type') != 'Collect':
+            specs.append({'type': 'Collect'})
+        for spec in specs:
+            if spec.get('type') == 'LoadImage':
+                spec['io_backend'] = None  # files on disk, whatever the training read from
+        return build_transforms(specs, train=False)
+    if pre:
+        return build_transforms(view_transform_specs(pre.get('views') or list(getattr(model, 'views', ['image'])),
+                                                     train=False, resize=pre.get('resize'), mean=pre.get('mean'),
+                                                     std=pre.get('std')), train=False)
     views = getattr(model, 'view_options', None) or {v: {} for v in getattr(model, 'views', ['image'])}
     normalized = getattr(model, 'input_normalized', False)
     specs = view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,

@@ -41,7 +41,9 @@ def load_checkpoint(path, map_location='cpu', trust=False, what='checkpoint', tr
     try:
         return torch.load(path, map_location=map_location, weights_only=not trust)
     except Exception as exc:  # torch raises several kinds for truncated, foreign or unsafe files
-        if not trust and isinstance(exc, pickle.UnpicklingError) and 'weights_only' in str(exc):
+        # A reference to a Python global (a class, a function) is what could run code; other unpickler
+        # errors ("Unsupported operand") come from garbage such as a half-written file.
+        if not trust and isinstance(exc, pickle.UnpicklingError) and 'GLOBAL' in str(exc):
             raise UnsafeCheckpointError(
                 f'{what} {path}: refused, it holds Python objects that loading would have to execute '
                 f'(only tensors and plain containers load safely). If you trust where this file comes from, '

@@ -12,8 +12,10 @@ if __package__ in (None, ''):  # see train.py
 
 
 def main(argv=None):
+    # Under torchrun, ``record`` hands a failing rank's error to torchrun's summary as the root cause.
+    from torch.distributed.elastic.multiprocessing.errors import record
     from uiqa_plugin.runner import run_pipeline
-    run_pipeline(is_train=False, argv=argv)
+    record(run_pipeline)(is_train=False, argv=argv)
 
 
 if __name__ == '__main__':

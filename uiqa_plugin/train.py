@@ -16,8 +16,10 @@ if __package__ in (None, ''):
 
 
 def main(argv=None):
+    # Under torchrun, ``record`` hands a failing rank's error to torchrun's summary as the root cause.
+    from torch.distributed.elastic.multiprocessing.errors import record
     from uiqa_plugin.runner import run_pipeline
-    run_pipeline(is_train=True, argv=argv)
+    record(run_pipeline)(is_train=True, argv=argv)
 
 
 if __name__ == '__main__':

@@ -6,9 +6,17 @@ Differences from BasicSR's SRModel, each for a reason:
 - checkpoints hold only what trains (the arch's state dict leaves the frozen CLIP out)
   plus the arch options, so a checkpoint rebuilds its model;
 - SGD / AdamW and our schedulers (BasicSR 1.4.2 only knows Adam);
-- DDP works on CPU (gloo) as on GPU.
+- DDP works on CPU (gloo) as on GPU;
+- every weight file is read with ``weights_only`` (checkpoint_io) and written atomically;
+- training states also hold the random states, the position inside the epoch and the
+  best-metric record, so that an interrupted run resumes exactly (runner.train_pipeline);
+- ``train.ema_decay``: an exponential moving average of the trainable parameters (BasicSR's
+  ``net_g_ema``), saved as ``params_ema`` and used for validation;
+- test options may leave ``network_g`` out: the checkpoint's own arch options build it.
 """
+import contextlib
 import csv
+import inspect
 import os
 import os.path as osp
 from collections import OrderedDict
@@ -23,11 +31,13 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from uiqa_plugin.checkpoint_io import CheckpointReadError, load_checkpoint, save_checkpoint
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
 from uiqa_plugin.optim import build_optimizer, build_scheduler
 from uiqa_plugin.user_modules import recorded_imports
 
+DDP_PARAMETERS = inspect.signature(DistributedDataParallel.__init__).parameters
 DEFAULT_METRICS = {'srcc': {'type': 'calculate_srcc'}, 'plcc': {'type': 'calculate_plcc'}}
 
 
@@ -40,22 +50,176 @@ def gather_objects(obj):
     return out
 
 
+#: arch options that name CLIP weights; stored as absolute paths when they are files
+CLIP_PATH_KEYS = ('clip_model', 'clip_pretrained')
+TRUST_HINT = '--trust-checkpoint (or path.trust_checkpoint: true in the option file)'
+
+
+def looks_like_path(value):
+    return isinstance(value, str) and ('/' in value or os.sep in value or
+                                       value.endswith(('.json', '.pt', '.pth', '.bin', '.safetensors')))
+
+
+def absolute_clip_paths(net_opt):
+    """``net_opt`` with the CLIP config / weight files that exist here as absolute paths."""
+    net_opt = deepcopy(net_opt)
+    for key in CLIP_PATH_KEYS:
+        value = net_opt.get(key)
+        if isinstance(value, str) and osp.exists(osp.expanduser(value)):
+            net_opt[key] = osp.abspath(osp.expanduser(value))
+    return net_opt
+
+
+def missing_clip_paths(net_opt):
+    """(key, path) of CLIP files named by ``net_opt`` that do not exist here."""
+    return [(k, net_opt[k]) for k in CLIP_PATH_KEYS
+            if looks_like_path(net_opt.get(k)) and not osp.exists(osp.expanduser(net_opt[k]))]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or training state could not be written; the message names the file."""
+
+
+class ParameterEMA:
+    """Exponential moving average of a network's trainable parameters (BasicSR's ``net_g_ema``).
+
+    BasicSR keeps a second network; ours would drag the shared frozen CLIP along (archs hold it
+    outside their module tree, so ``deepcopy`` copies it, and fine-tuned CLIP parts are reached
+    through it). We keep the averaged tensors only and swap them into the network for validation
+    and for the ``params_ema`` state dict. ema = decay * ema + (1 - decay) * param, per step.
+    """
+
+    def __init__(self, net, decay):
+        if not 0 <= decay < 1:
+            raise ValueError(f'train.ema_decay must be in [0, 1), got {decay}')
+        self.decay = float(decay)
+        self.shadow = OrderedDict((n, p.detach().clone()) for n, p in net.named_parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def update(self, net):
+        for name, param in net.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].mul_(self.decay).add_(param.detach(), alpha=1 - self.decay)
+
+    def state_dict(self, net):
+        """``net.state_dict()`` with the averaged parameters in place of the trained ones (CPU)."""
+        return OrderedDict((k, self.shadow.get(k, v).detach().cpu().clone()) for k, v in net.state_dict().items())
+
+    def load_state_dict(self, state):
+        missing = [n for n in self.shadow if n not in state]
+        if missing:
+            raise KeyError(f'params_ema lacks {missing[:5]}')
+        for name in self.shadow:
+            self.shadow[name].copy_(state[name])
+
+    @contextlib.contextmanager
+    def applied(self, net):
+        """Within the block, ``net`` computes with the averaged parameters."""
+        params = dict(net.named_parameters())
+        saved = {n: params[n].detach().clone() for n in self.shadow}
+        with torch.no_grad():
+            for n, value in self.shadow.items():
+                params[n].copy_(value)
+        try:
+            yield net
+        finally:
+            with torch.no_grad():
+                for n, value in saved.items():
+                    params[n].copy_(value)
+
+
 @MODEL_REGISTRY.register()
 class IQAModel(BaseModel):
     """Image quality model: ``network_g`` maps the views of a batch to scores (N, T)."""
 
     def __init__(self, opt):
         super().__init__(opt)
-        self.net_g = build_network(deepcopy(opt['network_g']))
+        self.trust = bool(opt.get('trust_checkpoint') or opt['path'].get('trust_checkpoint'))
+        self._pretrained = {}
+        net_opt = self._network_options()
+        self.net_g = build_network(deepcopy(net_opt))
         self.views = list(getattr(self.net_g, 'views', ['image']))
         self.net_g = self.model_to_device(self.net_g)
         self.print_network(self.net_g)
+        self.ema = None
         load_path = self.opt['path'].get('pretrain_network_g')
         if load_path is not None:
             self.load_network(self.net_g, load_path, self.opt['path'].get('strict_load_g', True),
-                              self.opt['path'].get('param_key_g', 'params'))
+                              self.opt['path'].get('param_key_g'))
         if self.is_train:
             self.init_training_settings()
+
+    def _read_checkpoint(self, path):
+        if path not in self._pretrained:
+            self._pretrained = {path: load_checkpoint(path, trust=self.trust, trust_hint=TRUST_HINT)}
+        return self._pretrained[path]
+
+    def _network_options(self):
+        """``network_g`` of the options; in testing, the checkpoint's own when the options lack or contradict it."""
+        net_opt = self.opt.get('network_g')
+        load_path = self.opt['path'].get('pretrain_network_g')
+        if self.is_train or not load_path:
+            if net_opt is None:
+                raise ValueError('network_g: required (or path.pretrain_network_g pointing at one of our checkpoints)')
+            return net_opt
+        ckpt = self._read_checkpoint(load_path)
+        stored = ckpt.get('network_g') if isinstance(ckpt, dict) else None
+        if not isinstance(stored, dict):
+            if net_opt is None:
+                raise ValueError(f'network_g: required, {load_path} does not store its arch options')
+            return net_opt
+        logger = get_root_logger()
+        chosen = deepcopy(stored)
+        if net_opt is None:
+            logger.info(f'network_g from the checkpoint {load_path}: {stored}')
+        else:
+            for key in CLIP_PATH_KEYS + ('quick_gelu',):  # where CLIP lives here may differ from training
+                if key in net_opt:
+                    chosen[key] = net_opt[key]
+            differ = sorted(k for k in set(stored) | set(net_opt)
+                            if k not in CLIP_PATH_KEYS + ('quick_gelu',) and stored.get(k) != net_opt.get(k))
+            if differ:
+                logger.warning(f'network_g of the options differs from the one stored in {load_path} in '
+                               f'{differ}: using the checkpoint\'s ({stored})')
+        missing = missing_clip_paths(chosen)
+        if missing:
+            raise ValueError(f'{load_path}: the CLIP files stored in the checkpoint are not here: ' +
+                             ', '.join(f'{k} {v}' for k, v in missing) +
+                             '; set network_g.clip_model / network_g.clip_pretrained in the option file')
+        self.opt['network_g'] = chosen
+        return chosen
+
+    def load_network(self, net, load_path, strict=True, param_key=None):
+        """Our weights (or a plain state dict) from ``load_path``, read without unpickling code.
+
+        param_key: None picks ``params_ema`` in evaluation when present (what validation used), else ``params``.
+        """
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        ckpt = self._read_checkpoint(load_path)
+        if not isinstance(ckpt, dict):
+            raise CheckpointReadError(f'{load_path}: not a state dict or checkpoint')
+        if param_key is None:
+            param_key = 'params_ema' if not self.is_train and 'params_ema' in ckpt else 'params'
+        if param_key in ckpt:
+            state = ckpt[param_key]
+        elif param_key == 'params_ema' and 'params' in ckpt:
+            logger.info('Loading: params_ema does not exist, use params.')
+            param_key, state = 'params', ckpt['params']
+        elif all(torch.is_tensor(v) for v in ckpt.values()):
+            param_key, state = None, ckpt
+        else:
+            raise CheckpointReadError(f'{load_path}: has no {param_key!r} (keys: {sorted(ckpt)[:10]})')
+        state = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{param_key}].')
+        try:
+            net.load_state_dict(state, strict=strict)
+        except RuntimeError as exc:
+            raise ValueError(f'{load_path}: its weights do not fit network_g ({exc}); with test options, leave '
+                             'network_g out to build the network stored in the checkpoint') from exc
+        self._pretrained = {}  # loaded: do not keep the file's tensors around
+        if self.is_train and 'params_ema' in ckpt and param_key == 'params':
+            self._resume_ema = ckpt['params_ema']
 
     # ------------------------------------------------------------------ set-up
     def model_to_device(self, net):
@@ -65,13 +229,24 @@ class IQAModel(BaseModel):
             if trainable:
                 device_ids = [torch.cuda.current_device()] if self.device.type == 'cuda' else None
                 # Buffers are constants (token ids, group indices): no need to broadcast them every step.
-                net = DistributedDataParallel(net, device_ids=device_ids, broadcast_buffers=False,
+                # torch >= 2.13 names this forward_sync_buffers (broadcast_buffers warns once per rank).
+                no_sync = ({'forward_sync_buffers': False} if 'forward_sync_buffers' in DDP_PARAMETERS
+                           else {'broadcast_buffers': False})
+                net = DistributedDataParallel(net, device_ids=device_ids, **no_sync,
                                               find_unused_parameters=self.opt.get('find_unused_parameters', False))
         return net
 
     def init_training_settings(self):
         train_opt = self.opt['train']
         self.net_g.train()
+        if train_opt.get('ema_decay', 0) > 0:
+            bare = self.get_bare_model(self.net_g)
+            self.ema = ParameterEMA(bare, train_opt['ema_decay'])
+            ema_state = getattr(self, '_resume_ema', None)
+            if ema_state is not None:  # resuming (or fine-tuning a run that kept an average)
+                self.ema.load_state_dict(ema_state)
+            self.net_g_ema = self.ema  # BasicSR's name
+        self._resume_ema = None
         self.loss_set = build_loss_set(train_opt).to(self.device)
         self.setup_optimizers()
         self.setup_schedulers()
@@ -104,7 +279,10 @@ class IQAModel(BaseModel):
             raise KeyError(f'the batch has no views {missing} (has {sorted(k for k in data if torch.is_tensor(data[k]))}); '
                            f'the dataset options must produce the views of network_g: {self.views}')
         self.inputs = {v: data[v].to(self.device, non_blocking=True) for v in self.views}
-        self.target = data['target'].to(self.device).float() if 'target' in data else None
+        target = data.get('target')
+        # An image folder without ratings has targets of width 0: predictions only, no metrics.
+        has_target = torch.is_tensor(target) and target.numel() > 0
+        self.target = target.to(self.device).float() if has_target else None
         self.keys = list(data.get('key', []))
 
     def _match_target(self, pred):
@@ -126,6 +304,8 @@ class IQAModel(BaseModel):
         if clip_norm:
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), clip_norm)
         self.optimizer_g.step()
+        if self.ema is not None:
+            self.ema.update(self.get_bare_model(self.net_g))
         terms = OrderedDict(terms)
         terms['l_total'] = total.detach()
         self.log_dict = self.reduce_loss_dict(terms)
@@ -164,7 +344,8 @@ class IQAModel(BaseModel):
         dataset = dataloader.dataset
         dataset_name = dataset.opt['name'] if hasattr(dataset, 'opt') else 'val'
         val_opt = self.opt.get('val') or {}
-        keys, preds, targets = self.predict_loader(dataloader, progress=val_opt.get('pbar', True))
+        with self.ema.applied(self.get_bare_model(self.net_g)) if self.ema else contextlib.nullcontext():
+            keys, preds, targets = self.predict_loader(dataloader, progress=val_opt.get('pbar', True))
         shards = gather_objects((keys, preds, targets))
         if self.opt['rank'] != 0:
             return
@@ -253,24 +434,89 @@ class IQAModel(BaseModel):
         self.save_network(self.net_g, 'net_g', current_iter)
         self.save_training_state(epoch, current_iter)
 
+    def evaluation_preprocessing(self):
+        """What turns an image file into the views in evaluation: the validation (else training) dataset's
+        ``views``, ``resize``, ``mean``, ``std`` (or its explicit ``transforms`` list)."""
+        from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD
+        datasets = self.opt.get('datasets') or {}
+        ordered = [d for k, d in datasets.items() if k.split('_')[0] in ('val', 'test')] + [datasets.get('train')]
+        for ds in ordered:
+            if isinstance(ds, dict):
+                plain = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+                return {'views': deepcopy(ds.get('views')), 'resize': deepcopy(ds.get('resize')),
+                        'mean': plain(ds.get('mean', CLIP_MEAN)), 'std': plain(ds.get('std', CLIP_STD)),
+                        'transforms': deepcopy(ds.get('transforms'))}
+        return None
+
+    def network_payload(self, net, param_key='params'):
+        """The checkpoint dict: what trains, the arch options (absolute CLIP paths) and the preprocessing."""
+        bare = self.get_bare_model(net)
+        payload = {param_key: OrderedDict((k, v.detach().cpu()) for k, v in bare.state_dict().items())}
+        if self.ema is not None and net is self.net_g:
+            payload['params_ema'] = self.ema.state_dict(bare)
+        preprocessing = self.evaluation_preprocessing()
+        payload.update({'network_g': absolute_clip_paths(self.opt['network_g']),
+                        'attribute_names': list(getattr(bare, 'attribute_names', [])),
+                        'preprocessing': preprocessing,  # lets uiqa-score rebuild the exact views
+                        'view_options': deepcopy((preprocessing or {}).get('views')),
+                        'imports': recorded_imports(self.opt)})  # user modules the arch needs (never auto-imported)
+        return payload
+
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        """Save what trains and the arch options that rebuild the network (never the frozen CLIP)."""
+        """Save what trains and the options that rebuild the network and its inputs (never the frozen CLIP)."""
         if self.opt['rank'] != 0:
             return
         label = 'latest' if current_iter == -1 else current_iter
         path = osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
-        bare = self.get_bare_model(net)
-        state = OrderedDict((k, v.detach().cpu()) for k, v in bare.state_dict().items())
-        datasets = self.opt.get('datasets', {})
-        view_options = next((d.get('views') for d in datasets.values() if isinstance(d, dict) and d.get('views')),
-                            None)
-        payload = {param_key: state, 'network_g': deepcopy(self.opt['network_g']),
-                   'attribute_names': list(getattr(bare, 'attribute_names', [])),
-                   'view_options': deepcopy(view_options)}  # lets uiqa-score build the same views
-        payload['imports'] = recorded_imports(self.opt)  # user modules the arch needs (named, never auto-imported)
-        tmp = path + '.tmp'
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # never a half-written checkpoint
+        self._write(self.network_payload(net, param_key), path, 'network')
+
+    @staticmethod
+    def _write(obj, path, what):
+        try:
+            save_checkpoint(obj, path)  # atomic: a kill leaves the previous file, never a truncated one
+        except OSError as exc:
+            raise CheckpointWriteError(f'cannot write the {what} file {path}: {exc.strerror or exc} '
+                                       f'(is {osp.dirname(path)} writable, is the disk full?)') from exc
+
+    def save_training_state(self, epoch, current_iter):
+        """Atomic training state with everything an exact resume needs (runner.train_pipeline).
+
+        Beyond BasicSR's (epoch, iter, optimizers, schedulers): ``batches_in_epoch`` (the position in the
+        epoch), ``rng`` and ``epoch_rng`` (random states of every rank now and at the start of the
+        epoch) and ``best_metric_results``. Collective: every rank must call it.
+        """
+        if current_iter == -1:
+            return
+        from uiqa_plugin.runner import rng_state, rng_to_plain
+        rngs = gather_objects(rng_to_plain(rng_state()))
+        epoch_rngs = gather_objects(rng_to_plain(getattr(self, 'epoch_rng', None) or rng_state()))
+        if self.opt['rank'] != 0:
+            return
+        state = {'epoch': epoch, 'iter': current_iter,
+                 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers],
+                 'batches_in_epoch': int(getattr(self, 'batches_in_epoch', 0)),
+                 'rng': rngs, 'epoch_rng': epoch_rngs,
+                 'best_metric_results': deepcopy(getattr(self, 'best_metric_results', {}))}
+        path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+        self._write(state, path, 'training state')
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        self.resume_state = resume_state
+        if resume_state.get('best_metric_results'):
+            self.best_metric_results = deepcopy(resume_state['best_metric_results'])
+
+    def resume_rng(self, key):
+        """This rank's random state saved under ``key`` ('rng' | 'epoch_rng') of the resumed state."""
+        from uiqa_plugin.runner import rng_from_plain, rng_state
+        states = (getattr(self, 'resume_state', None) or {}).get(key)
+        if not states or len(states) != self.opt['world_size']:
+            get_root_logger().warning(f'the training state has no random states for {self.opt["world_size"]} '
+                                      f'process(es): the resumed run draws other random numbers than an '
+                                      'uninterrupted one would')
+            return rng_state()
+        return rng_from_plain(states[self.opt['rank']])
 
     def get_current_log(self):
         return self.log_dict

@@ -1,0 +1,88 @@
+"""Runs that fail end cleanly: one failing rank of a 2-process CPU run stops every process with
+that rank's error (no hang), an option error under torchrun is one message, a second live run
+of the same experiment is refused, an unwritable models folder is named."""
+import os
+import os.path as osp
+import subprocess
+import sys
+import time
+
+from test_resume import run_train
+from test_training import REPO, demo_options, write_yaml
+
+TORCHRUN = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
+
+
+def small_options(demo_data, name, **changes):
+    settings = {'train.total_iter': 6, 'val.val_freq': 1000, 'logger.print_freq': 1,
+                'logger.save_checkpoint_freq': 3, 'name': name, 'val.pbar': False}
+    settings.update(changes)
+    opt = demo_options(demo_data, **settings)
+    opt['datasets']['train']['batch_size_per_gpu'] = 4
+    return opt
+
+
+def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path):
+    path = write_yaml(tmp_path, small_options(demo_data, 'dist_fail'))
+    start = time.time()
+    out = run_train(tmp_path, path, env={'UIQA_FAIL_AT': '3', 'UIQA_FAIL_RANK': '1', 'PYTHONWARNINGS': 'default'},
+                    check=False,
+                    launcher=TORCHRUN + ('--master_port=29531',), timeout=240)
+    log = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert time.time() - start < 240
+    assert 'RuntimeError: injected failure on rank 1 at iteration 3' in log
+    # torchrun's summary names the failing rank and its error (``record``), not "To enable traceback".
+    assert 'rank      : 1' in log and 'To enable traceback' not in log.split('Root Cause')[-1]
+    assert 'broadcast_buffers' not in log  # torch >= 2.13 warned once per rank for broadcast_buffers=False
+
+
+def test_option_error_under_torchrun_is_one_message(demo_data, tmp_path):
+    opt = small_options(demo_data, 'dist_bad')
+    opt['train']['totl_iter'] = 5
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
+    out = subprocess.run([sys.executable, *TORCHRUN, '--master_port=29533', osp.join(REPO, 'uiqa_plugin', 'train.py'),
+                          '-opt', write_yaml(tmp_path, opt)], capture_output=True, text=True, timeout=240,
+                         cwd=str(tmp_path), env=env)
+    assert out.returncode != 0
+    message = "train.totl_iter: unknown key (did you mean 'total_iter'?)"
+    # Printed once by rank 0 before torchrun's summary, which shows it for each rank instead of
+    # "To enable traceback"; the ranks' own output holds no traceback.
+    ours = out.stderr.split('Traceback (most recent call last)')[0]
+    assert ours.count(message) == 1 and 'error_file: <N/A>' not in out.stderr, out.stderr[-3000:]
+    assert message in out.stderr.split('Root Cause')[-1] and 'To enable traceback' not in out.stderr
+    assert not (tmp_path / 'experiments').exists()
+
+
+def test_second_live_run_of_an_experiment_is_refused_and_a_dead_ones_lock_taken_over(demo_data, tmp_path):
+    from uiqa_plugin.runner import ExperimentLock
+    path = write_yaml(tmp_path, small_options(demo_data, 'locked'))
+    (tmp_path / 'experiments' / 'locked').mkdir(parents=True)
+    (tmp_path / 'experiments' / 'locked' / 'keep.txt').write_text('the live run writes here')
+    holder = subprocess.Popen([sys.executable, '-c', (
+        'import sys, time; sys.path.insert(0, sys.argv[1]); from uiqa_plugin.runner import ExperimentLock; '
+        'lock = ExperimentLock(sys.argv[2], "locked").acquire(); print("locked", flush=True); time.sleep(120)'),
+        REPO, str(tmp_path / 'experiments')], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        out = run_train(tmp_path, path, check=False)
+        assert out.returncode != 0 and 'Traceback' not in out.stderr
+        assert f"experiment 'locked' is in use by a running training (pid {holder.pid} on" in out.stderr
+        assert sorted(os.listdir(tmp_path / 'experiments')) == ['.locked.lock', 'locked']  # nothing archived
+        assert (tmp_path / 'experiments' / 'locked' / 'keep.txt').exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died without releasing anything: its lock file remains, and the next run takes it over.
+    assert (tmp_path / 'experiments' / '.locked.lock').read_text().startswith(f'pid {holder.pid}')
+    run_train(tmp_path, path)
+    lock = ExperimentLock(str(tmp_path / 'experiments'), 'locked').acquire()  # released at the end of the run
+    lock.release()
+
+
+def test_unwritable_models_folder_names_the_file(demo_data, tmp_path):
+    path = write_yaml(tmp_path, small_options(demo_data, 'readonly'))
+    out = run_train(tmp_path, path, env={'UIQA_READONLY': 'models'}, check=False)
+    assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+    models = tmp_path / 'experiments' / 'readonly' / 'models'
+    assert f'error: cannot write the network file {models}/net_g_3.pth: Read-only file system' in out.stderr
