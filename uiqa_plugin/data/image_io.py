@@ -51,6 +51,18 @@ def _decode_16bit(buf):
     return arr
 
 
+def _looks_like(buf):
+    """A hint at what undecodable bytes are: text (e.g. an HTML error page saved as .jpg) or unknown."""
+    head = bytes(buf[:512])
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in '\r\n\t' for c in text):
+        return f'it is a text file starting {text[:40].splitlines()[0]!r}'
+    return f'unknown file signature {head[:8].hex(" ")}'
+
+
 def decode_image(buf, name='<bytes>'):
     """Decode encoded image bytes to an RGB float32 array of shape (H, W, 3) in [0, 1].
 
@@ -78,6 +90,8 @@ def decode_image(buf, name='<bytes>'):
             arr = np.asarray(img)
     except ImageReadError:
         raise
+    except Image.UnidentifiedImageError as exc:  # its message shows an internal BytesIO, not the file
+        raise ImageReadError(f'{name}: not an image in a format Pillow reads ({_looks_like(buf)})') from exc
     except Exception as exc:  # PIL raises many kinds of errors for broken files
         raise ImageReadError(f'{name}: cannot decode image ({type(exc).__name__}: {exc})') from exc
     return _to_rgb_float(arr)
