@@ -118,6 +118,13 @@ def test_readme_commands_and_outputs(sandbox):
         if documented:
             check_documented_output(documented, logs[-1][1])
 
+    # Claims of the text around the blocks: the paper and ensemble tables match per attribute, and a
+    # report from the tiny (random) CLIP says so in a banner.
+    radar_log = next(log for line, log in logs if 'radar --table' in line)
+    assert 'matched by attribute: aesthetic@ensemble as aesthetic' in radar_log
+    assert len(os.listdir(cwd / 'compare')) == len(os.listdir(cwd / 'charts')) == 2 * 16  # coffee_*, png + svg
+    assert '[MEANINGLESS SCORES]' in (cwd / 'report.html').read_text(encoding='utf-8')
+
     # What the commands wrote into the working folder is ignored by git (.gitignore), so that a
     # user following the README does not commit it.
     if shutil.which('git') and osp.exists(osp.join(REPO, '.git')):

@@ -10,12 +10,12 @@ def test_a_text_file_named_like_an_image_says_so(tmp_path):
     with pytest.raises(ImageReadError) as info:
         read_image(page)
     message = str(info.value)
-    assert message.startswith(f'{page}: not an image') and "text file starting '<!DOCTYPE html>'" in message
+    assert message.startswith(f'{page}: cannot decode image') and "text file starting '<!DOCTYPE html>'" in message
     assert 'BytesIO' not in message and ' at 0x' not in message
 
 
 def test_unknown_binary_shows_its_signature():
-    with pytest.raises(ImageReadError, match=r'x\.png: not an image .*signature 00 ff 10 20'):
+    with pytest.raises(ImageReadError, match=r'x\.png: cannot decode image.*signature 00 ff 10 20'):
         decode_image(bytes([0, 255, 16, 32]) * 40, name='x.png')
 
 

@@ -91,7 +91,7 @@ def decode_image(buf, name='<bytes>'):
     except ImageReadError:
         raise
     except Image.UnidentifiedImageError as exc:  # its message shows an internal BytesIO, not the file
-        raise ImageReadError(f'{name}: not an image in a format Pillow reads ({_looks_like(buf)})') from exc
+        raise ImageReadError(f'{name}: cannot decode image: no format Pillow reads ({_looks_like(buf)})') from exc
     except Exception as exc:  # PIL raises many kinds of errors for broken files
         raise ImageReadError(f'{name}: cannot decode image ({type(exc).__name__}: {exc})') from exc
     return _to_rgb_float(arr)
