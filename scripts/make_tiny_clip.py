@@ -25,7 +25,8 @@ def main(argv=None):
     import torch
     import uiqa_plugin  # noqa: F401
     from uiqa_plugin.api import collect_image_paths
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, make_random_clip, save_clip_checkpoint
+    from uiqa_plugin.checkpoint_io import save_checkpoint
+    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, make_random_clip
     from uiqa_plugin.data.image_io import image_to_tensor, read_image
 
     paths, problems = collect_image_paths([args.images])
@@ -36,7 +37,8 @@ def main(argv=None):
     images = torch.stack([im for im in images if im.shape == shape])
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     model = make_random_clip(args.config, seed=args.seed, calibration_images=(images - mean) / std)
-    save_clip_checkpoint(model, args.out)
+    # an open_clip-style checkpoint; the flag lets reports say that scores from it mean nothing
+    save_checkpoint({'state_dict': model.state_dict(), 'random_weights': True}, args.out)
     print(f'make_tiny_clip: wrote {args.out} (random weights, BatchNorm calibrated on {len(images)} images)')
 
 

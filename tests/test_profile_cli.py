@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import textwrap
 
 import numpy as np
@@ -208,3 +209,97 @@ def test_phrasings_and_usage_errors(setup, capsys):
     assert main(['profile', str(folder), '-a', 'hapy'] + _clip(config)) == 2
     assert 'Did you mean happy' in capsys.readouterr().err
     assert main(['profile', str(root / 'nothing-here')] + _clip(config)) == 1
+
+
+def test_radar_matches_paper_and_ensemble_tables(setup, tmp_path, capsys):
+    # The README's comparison: one table from -a feel, one from -a feel@ensemble.
+    root, folder, config = setup
+    paper, ens = tmp_path / 'paper.csv', tmp_path / 'ensemble.csv'
+    assert main(['profile', str(folder), '-a', 'happy,scary', '--out', str(paper)] + _clip(config)) == 0
+    assert main(['profile', str(folder), '-a', 'happy@ensemble,scary@ensemble', '--out', str(ens)] + _clip(config)) == 0
+    capsys.readouterr()
+    assert main(['radar', '--table', str(paper), '--table', str(ens), '--out-dir', str(tmp_path / 'cmp'),
+                 '--format', 'svg']) == 0
+    err = capsys.readouterr().err
+    assert 'matched by attribute: happy@ensemble as happy, scary@ensemble as scary' in err
+    assert sorted(os.listdir(tmp_path / 'cmp')) == [f'{i:02d}.svg' for i in range(1, N_IMAGES + 1)]
+
+
+def test_match_columns_by_attribute():
+    from uiqa_plugin.tools.profile import match_columns
+    assert match_columns([['happy', 'scary', 'new'], ['scary@ensemble', 'happy@ensemble', 'warm']]) == (
+        ['happy', 'scary'], [['happy', 'scary'], ['happy@ensemble', 'scary@ensemble']])
+    # an exact match wins; only the @ensemble suffix is dropped
+    assert match_columns([['happy', 'happy@ensemble'], ['happy']]) == (['happy'], [['happy'], ['happy']])
+    assert match_columns([['new'], ['new@x']]) == ([], [[], []])
+    # a table with both happy and happy@ensemble cannot pair with a table holding only one of them
+    assert match_columns([['happy', 'happy@ensemble'], ['happy@ensemble', 'x'], ['happy']]) == ([], [[], [], []])
+
+
+def test_radar_tables_without_common_columns_say_what_they_hold(setup, tmp_path, capsys):
+    root, folder, config = setup
+    a, b = tmp_path / 'a.csv', tmp_path / 'b.csv'
+    a.write_text('path,happy\nx.png,0.5\n')
+    b.write_text('path,scary\nx.png,0.5\n')
+    assert main(['radar', '--table', str(a), '--table', str(b), '--out-dir', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err
+    assert 'share no score column' in err and f'{a}: happy' in err and f'{b}: scary' in err
+
+
+def test_os_errors_name_the_file_not_the_errno(setup, tmp_path, capsys):
+    from uiqa_plugin.tools.profile import error_message
+    assert error_message(PermissionError(13, 'Permission denied', '/data/out.csv')) == \
+        '/data/out.csv: Permission denied'
+    assert error_message(FileNotFoundError('annotation file not found: x.csv')) == 'annotation file not found: x.csv'
+    assert error_message(KeyError("unknown attribute 'hapy'")) == "unknown attribute 'hapy'"
+    root, folder, config = setup
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n')
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    out = blocker / 'agree.csv'  # its folder is a file: the system error carries errno 20
+    code = main(['evaluate', str(ratings), str(folder), '--n-boot', '0', '--out', str(out)] + _clip(config))
+    captured = capsys.readouterr()
+    assert code == 2
+    assert 'uiqa-profile evaluate:' in captured.err and str(blocker) in captured.err
+    assert not re.search(r'evaluate: \d+\s*$', captured.err, re.M)
+
+
+def test_evaluate_prints_the_table_before_writing_it(setup, tmp_path, capsys, monkeypatch):
+    import uiqa_plugin.tools.profile as profile_tool
+    root, folder, config = setup
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n')
+
+    def failing_write(rows, columns, path):
+        raise OSError(28, 'No space left on device', path)
+    monkeypatch.setattr(profile_tool, 'write_table', failing_write)
+    code = main(['evaluate', str(ratings), str(folder), '--n-boot', '0', '--out', str(tmp_path / 'a.csv')]
+                + _clip(config))
+    captured = capsys.readouterr()
+    assert code == 2 and 'No space left on device' in captured.err
+    assert 'srcc' in captured.out and 'happy' in captured.out  # the results were not lost
+
+
+def test_prompts_with_commas(setup, tmp_path, capsys):
+    root, folder, config = setup
+    pair = 'A vivid, bright photo.|A dull photo.'
+    assert main(['profile', str(folder), '-a', f'quality,{pair}'] + _clip(config)) == 2
+    err = capsys.readouterr().err
+    assert "unknown attribute 'A vivid'" in err and 'double quotes' in err
+    out = tmp_path / 'vivid.csv'
+    assert main(['profile', str(folder), '-a', f'quality,"{pair}"', '--out', str(out)] + _clip(config)) == 0
+    rows, names = read_score_table(str(out))
+    assert names == ['quality', pair] and len(rows) == N_IMAGES
+    paths, images = _images(folder)
+    np.testing.assert_allclose([r[pair] for r in rows],
+                               _direct(config, [Attribute(pair, (tuple(pair.split('|')),))], images)[:, 0],
+                               atol=1e-5)
+
+
+def test_report_warns_about_random_weights(setup, tmp_path):
+    root, folder, config = setup
+    page = tmp_path / 'report.html'
+    assert main(['report', str(folder), '-a', 'happy', '--out', str(page)] + _clip(config)) == 0
+    text = page.read_text()
+    assert '[MEANINGLESS SCORES]' in text and 'random weights' in text

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import uiqa_plugin  # noqa: F401
-from uiqa_plugin.perception.radar import SERIES_COLORS, attribute_label, radar_chart, save_chart
+from uiqa_plugin.perception.radar import SERIES_COLORS, attribute_label, radar_chart, save_chart, series_style
 
 NAMES = ['aesthetic', 'happy', 'natural', 'new', 'scary', 'Vivid photo.|Faded photo.']
 
@@ -87,3 +87,22 @@ def test_long_labels_wrap():
     assert '\n' in label and all(len(line) <= 14 for line in label.split('\n'))
     assert attribute_label('aesthetic@ensemble') == 'aesthetic\n@ensemble'
     assert attribute_label('new@ensemble') == 'new@ensemble'
+
+
+def test_many_overlaid_series_all_look_different():
+    # Colours alone repeat after len(SERIES_COLORS); later rounds change line style and marker.
+    n = 4 * len(SERIES_COLORS)
+    chart = radar_chart([(f'image {k}', [0.2 + 0.01 * k] * 3) for k in range(n)], ['x', 'y', 'z'], fill=False)
+    looks = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in chart.axes.lines]
+    assert len(looks) == n and len(set(looks)) == n
+    assert len(set(SERIES_COLORS)) == len(SERIES_COLORS) >= 10
+    # the first round is plain solid lines with round markers, in palette order
+    assert looks[:len(SERIES_COLORS)] == [(c, '-', 'o') for c in SERIES_COLORS]
+    assert series_style(len(SERIES_COLORS))['linestyle'] != '-'
+
+
+def test_palette_colours_are_far_apart():
+    # no near-duplicates (tab10's blue next to Okabe-Ito's blue looked like a repeat on the charts)
+    rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in SERIES_COLORS], dtype=float)
+    distances = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + np.eye(len(rgb)) * 1e9
+    assert distances.min() > 60, distances.min()

@@ -9,11 +9,13 @@ import tempfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import uiqa_plugin
 from tiny_clip import TINY_RN_CONFIG, write_config
-from uiqa_plugin.perception.profile import profile_images
+from uiqa_plugin.checkpoint_io import save_checkpoint
+from uiqa_plugin.perception.profile import profile_images, random_weights_reason
 from uiqa_plugin.perception.report import write_report
 
 CHROMIUM = next((shutil.which(n) for n in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(n)), None)
@@ -78,6 +80,32 @@ def test_report_rejects_rows_without_the_columns(tmp_path):
         write_report([{'path': 'a.png'}], ['happy'], str(tmp_path / 'r.html'), progress=False)
     with pytest.raises(ValueError, match="'embed' or 'link'"):
         write_report([], ['happy'], str(tmp_path / 'r.html'), images='inline')
+
+
+def test_random_weights_banner(scored, tmp_path):
+    root, result, _ = scored
+    quiet = write_report(result.rows, result.attribute_names, str(tmp_path / 'plain.html'), progress=False)
+    assert 'class="warning"' not in open(quiet, encoding='utf-8').read()
+    reason = random_weights_reason(None)
+    assert 'random weights' in reason and 'meaningless' in reason
+    page = write_report(result.rows, result.attribute_names, str(tmp_path / 'r.html'), progress=False,
+                        warning=reason)
+    text = open(page, encoding='utf-8').read()
+    # in the page title and in a banner right under the heading, before the score table
+    assert re.search(r'<title>\[MEANINGLESS SCORES\] ', text)
+    banner = text.index('<div class="warning" role="alert"')
+    assert text.index('</h1>') < banner < text.index('<table') and html.escape(reason) in text[banner:]
+
+
+def test_random_weight_files_are_recognised(tmp_path):
+    weights = {'w': torch.zeros(2)}
+    save_checkpoint({'state_dict': weights, 'random_weights': True}, str(tmp_path / 'tiny.pt'))
+    save_checkpoint({'state_dict': weights}, str(tmp_path / 'real.pt'))
+    assert 'tiny.pt are random' in random_weights_reason(str(tmp_path / 'tiny.pt'))
+    assert random_weights_reason(str(tmp_path / 'real.pt')) is None
+    assert random_weights_reason('openai') is None and random_weights_reason('none') is not None
+    (tmp_path / 'junk.pt').write_text('not a checkpoint')
+    assert random_weights_reason(str(tmp_path / 'junk.pt')) is None  # loading it reports the problem, not this
 
 
 @needs_chromium

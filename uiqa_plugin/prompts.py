@@ -7,8 +7,10 @@ that pair). With several phrasings the score is their mean probability (or the s
 the mean logit difference, see ``uiqa_plugin.archs.clipiqa_arch``).
 
 Users name attributes (``sharpness``), presets (``look``, ``feel``, ``pyiqa``) or their own
-pairs (``"Vivid photo.|Faded photo."``), comma-separated or as a list.
+pairs (``"Vivid photo.|Faded photo."``), comma-separated or as a list. A pair whose prompts
+contain commas goes in double quotes inside the list: ``quality,"A vivid, bright photo.|A dull photo."``.
 """
+import csv
 from dataclasses import dataclass, field
 
 
@@ -113,10 +115,12 @@ def _custom(spec):
 
 
 def _split_specs(spec):
-    """Comma-separated string or list -> list of specs. A list item holding '|' is one custom pair
-    kept whole, so prompts that contain commas can be given that way."""
+    """Comma-separated string or list -> list of specs. In a string, double quotes keep a spec whole
+    (``'quality,"A vivid, bright photo.|A dull photo."'``); a list item holding '|' is one custom
+    pair kept whole, so prompts that contain commas can be given either way."""
     if isinstance(spec, str):
-        return [s.strip() for s in spec.split(',') if s.strip()]
+        fields = next(csv.reader([spec], skipinitialspace=True), [])
+        return [s.strip() for s in fields if s.strip()]
     out = []
     for item in spec:
         if isinstance(item, Attribute):
@@ -128,6 +132,16 @@ def _split_specs(spec):
         else:
             out.extend(_split_specs(item))
     return out
+
+
+def _comma_hint(item, spec):
+    """The message for an unknown name that is a piece of a custom pair split at a comma ('' if not)."""
+    whole = spec if isinstance(spec, str) else ','.join(s for s in spec if isinstance(s, str))
+    if '|' not in whole or '|' in item:
+        return ''
+    return (f'unknown attribute {item!r}: it looks like part of a prompt that contains a comma. Commas '
+            'separate attributes, so put the pair in double quotes inside the list, e.g. -a \'quality,"A vivid, bright photo.|A dull '
+            'photo."\' (or define it in --attributes-file).')
 
 
 def resolve_attributes(spec):
@@ -144,7 +158,13 @@ def resolve_attributes(spec):
         elif item.lower() in _PRESETS:
             attrs = [get_attribute(n) for n in _PRESETS[item.lower()]]
         else:
-            attrs = [get_attribute(item)]
+            try:
+                attrs = [get_attribute(item)]
+            except KeyError:
+                hint = _comma_hint(item, spec)
+                if not hint:
+                    raise
+                raise KeyError(hint) from None
         for attr in attrs:
             if attr.name not in seen:
                 seen.add(attr.name)

@@ -51,6 +51,18 @@ def _decode_16bit(buf):
     return arr
 
 
+def _looks_like(buf):
+    """A hint at what undecodable bytes are: text (e.g. an HTML error page saved as .jpg) or unknown."""
+    head = bytes(buf[:512])
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in '\r\n\t' for c in text):
+        return f'it is a text file starting {text[:40].splitlines()[0]!r}'
+    return f'unknown file signature {head[:8].hex(" ")}'
+
+
 def decode_pixels(buf, name='<bytes>'):
     """Decode encoded image bytes to the file's own samples, EXIF orientation applied.
 
@@ -79,8 +91,8 @@ def decode_pixels(buf, name='<bytes>'):
             return np.asarray(img)
     except ImageReadError:
         raise
-    except UnidentifiedImageError as exc:  # its message names an in-memory buffer, not the file
-        raise ImageReadError(f'{name}: cannot decode image (not in an image format PIL reads)') from exc
+    except UnidentifiedImageError as exc:  # its message shows an internal BytesIO, not the file
+        raise ImageReadError(f'{name}: cannot decode image: no format Pillow reads ({_looks_like(buf)})') from exc
     except Exception as exc:  # PIL raises many kinds of errors for broken files
         raise ImageReadError(f'{name}: cannot decode image ({type(exc).__name__}: {exc})') from exc
 

@@ -153,3 +153,32 @@ def read_score_table(path):
                                  f'{record.get(column)!r} is not a number') from None
         rows.append(row)
     return rows, attributes
+
+
+#: key that scripts/make_tiny_clip.py sets in its weight file: the weights are random
+RANDOM_WEIGHTS_KEY = 'random_weights'
+
+
+def random_weights_reason(clip_pretrained):
+    """Why scores from these CLIP weights mean nothing (random weights), or None for trained weights.
+
+    clip_pretrained: None/'none' (random initialisation), an open_clip tag, or a weight file; a file
+    written by ``scripts/make_tiny_clip.py`` carries ``random_weights: True``. Only that flag is read
+    (memory-mapped, weights_only), so large weight files cost nothing.
+    """
+    if clip_pretrained is None or str(clip_pretrained).lower() in ('', 'none', 'random'):
+        return 'CLIP has random weights (--clip-pretrained none): these scores are meaningless.'
+    path = str(clip_pretrained)
+    if not osp.isfile(path):
+        return None
+    from uiqa_plugin.clip_backbone import _is_torchscript
+    try:
+        if _is_torchscript(path):  # OpenAI's releases: trained weights
+            return None
+        checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except Exception:  # not ours to judge here: loading the weights reports unreadable files
+        return None
+    if isinstance(checkpoint, dict) and checkpoint.get(RANDOM_WEIGHTS_KEY) is True:
+        return (f'CLIP weights {osp.basename(path)} are random (made by scripts/make_tiny_clip.py for demos and '
+                'tests): these scores are meaningless.')
+    return None

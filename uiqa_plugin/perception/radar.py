@@ -1,8 +1,8 @@
 """Radar (polar) charts of attribute profiles: one axis per attribute, radius = score in [0, 1].
 
 One chart can overlay several series (several images, or several models / prompt sets on one
-image); series k always gets colour k of ``SERIES_COLORS``, so the same ordering gives the same
-colours on every chart. Figures are built without pyplot (no global state) on the Agg canvas.
+image); series k always gets style k of ``series_style`` (colour, line style, marker), so the
+same ordering gives the same look on every chart. Figures are built without pyplot (no global state) on the Agg canvas.
 
     >>> chart = radar_chart([('photo.jpg', [0.7, 0.2, 0.9])], ['aesthetic', 'scary', 'natural'], images=[img])
     >>> save_chart(chart.figure, 'charts/photo')   # charts/photo.png, charts/photo.svg
@@ -13,13 +13,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Colour-blind-friendly (Okabe-Ito), then matplotlib's tab10 for longer overlays.
+# Twelve clearly different colours: colour-blind-friendly Okabe-Ito, then purple, brown, grey and olive
+# (tab10's near-duplicates of Okabe-Ito's blue, orange and green are left out).
 SERIES_COLORS = ('#0072B2', '#E69F00', '#009E73', '#CC79A7', '#D55E00', '#56B4E9', '#F0E442', '#000000',
-                 '#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2', '#7f7f7f')
+                 '#9467bd', '#8c564b', '#7f7f7f', '#bcbd22')
+# After the colours run out, the next round of series changes line style and marker, so the first
+# len(SERIES_COLORS) * 4 = 48 series all look different.
+SERIES_LINESTYLES = ('-', '--', ':', '-.')
+SERIES_MARKERS = ('o', 's', '^', 'D')
 
 
 def series_color(index):
     return SERIES_COLORS[index % len(SERIES_COLORS)]
+
+
+def series_style(index):
+    """Matplotlib line keywords of series ``index``: colour, line style and marker (distinct for 48 series)."""
+    round_ = (index // len(SERIES_COLORS)) % len(SERIES_LINESTYLES)
+    return {'color': series_color(index), 'linestyle': SERIES_LINESTYLES[round_], 'marker': SERIES_MARKERS[round_]}
 
 
 @dataclass
@@ -97,12 +108,11 @@ def radar_chart(series, attribute_names, images=None, title=None, fill=True, fig
 
     closed = np.append(angles, angles[0])
     for index, (label, radii) in enumerate(data):
-        color = series_color(index)
+        style = series_style(index)
         shown = np.clip(radii, 0.0, 1.0)
-        ax.plot(closed, np.append(shown, shown[0]), color=color, linewidth=2.0, marker='o', markersize=4,
-                label=label)
+        ax.plot(closed, np.append(shown, shown[0]), linewidth=2.0, markersize=4, label=label, **style)
         if fill:
-            ax.fill(closed, np.append(shown, shown[0]), color=color, alpha=0.12)
+            ax.fill(closed, np.append(shown, shown[0]), color=style['color'], alpha=0.12)
     if len(data) > 1:
         ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.12), fontsize=8, frameon=False)
     if title:

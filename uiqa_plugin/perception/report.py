@@ -36,6 +36,8 @@ td.score{font-variant-numeric:tabular-nums}
 .card .chart{width:350px;height:auto;flex:none}
 dl.prompts{font-size:12px;color:#444;display:grid;grid-template-columns:max-content auto;gap:2px 12px}
 dl.prompts dt{font-weight:600} dl.prompts dd{margin:0}
+.warning{background:#fde8e8;border:3px solid #c0392b;color:#7b1d12;font-size:16px;padding:12px 16px;margin:8px 0 16px;
+border-radius:6px}
 """
 
 # Click a header to sort by it; numbers sort numerically (data-v), again to reverse.
@@ -66,6 +68,9 @@ document.querySelectorAll('table.sortable').forEach(function(table){
   });
 });
 """
+
+
+_WARNING_TAG = 'MEANINGLESS SCORES'
 
 
 def _data_uri(data, mime):
@@ -115,13 +120,16 @@ def _prompt_list(attributes):
 
 
 def write_report(rows, attribute_names, out_path, images='embed', attributes=None, chart_format='svg',
-                 thumb_size=256, title='Attribute profile report', description='', digits=4, progress=True):
+                 thumb_size=256, title='Attribute profile report', description='', digits=4, progress=True,
+                 warning=None):
     """Write the HTML report and return its path.
 
     rows: [{'path': image file, attribute: float}] (e.g. ``ScoreResult.rows``); attribute_names: the
     columns to show and chart (scores in [0, 1]); images: 'embed' (base64 JPEG thumbnails) or 'link'
     (relative links to the files); attributes: optional Attribute objects, to list their prompts;
-    chart_format: 'svg' or 'png' (both embedded as data URIs).
+    chart_format: 'svg' or 'png' (both embedded as data URIs); warning: text shown in a red banner at
+    the top and in the page title, e.g. that the scores come from random weights
+    (``perception.profile.random_weights_reason``).
     """
     from tqdm import tqdm
 
@@ -172,10 +180,13 @@ def write_report(rows, attribute_names, out_path, images='embed', attributes=Non
     meta = f'{len(rows)} image(s), {len(names)} attribute(s); generated {stamp}.'
     if description:
         meta = f'{html.escape(description)}<br>{meta}'
+    banner = (f'<div class="warning" role="alert" id="warning"><strong>Warning:</strong> {html.escape(warning)}</div>'
+              if warning else '')
+    page_title = f'[{_WARNING_TAG}] {title}' if warning else title
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>'
-            f'<h1>{html.escape(title)}</h1><div class="meta">{meta} Scores are CLIP probabilities in [0, 1] '
+            f'<title>{html.escape(page_title)}</title><style>{_STYLE}</style></head><body>'
+            f'<h1>{html.escape(title)}</h1>{banner}<div class="meta">{meta} Scores are CLIP probabilities in [0, 1] '
             f'(higher = more of the first prompt). Click a column header to sort (a link ending in '
             f'<code>#sort=column</code> opens it sorted).</div>'
             f'<div class="scroll"><table class="sortable" id="scores"><thead><tr>{"".join(head)}</tr></thead>'

@@ -81,8 +81,12 @@ def main(argv=None):
     parser.add_argument('source', help="reference mmcv checkpoint (iter_80000.pth) or pyiqa's learned prompts")
     parser.add_argument('output', help='our checkpoint (.pth)')
     parser.add_argument('--attributes', default='quality', help='one pair per context, in order (default quality)')
-    parser.add_argument('--clip-model', default='RN50')
-    parser.add_argument('--clip-pretrained', default='openai')
+    parser.add_argument('--clip-model', default='RN50',
+                        help='CLIP architecture the context was trained with, stored in the output as '
+                             'network_g.clip_model (open_clip name or JSON config; default RN50)')
+    parser.add_argument('--clip-pretrained', default='openai',
+                        help='CLIP weights to load when the output is used, stored as network_g.clip_pretrained '
+                             '(open_clip tag or weight file; default openai)')
     args = parser.parse_args(argv)
     try:
         obj = torch.load(args.source, map_location='cpu', weights_only=False)

@@ -36,6 +36,16 @@ def _say(command, message):
     print(f'{PROG} {command}: {message}', file=sys.stderr)
 
 
+def error_message(exc):
+    """One line for an exception. An OSError raised by the system carries (errno, strerror,
+    filename) in its args, so args[0] would be a bare number such as 13: name the file and reason."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f'{exc.filename}: {exc.strerror}' if exc.filename is not None else exc.strerror
+    if isinstance(exc, KeyError) and exc.args:
+        return str(exc.args[0])  # str(KeyError) would quote the message
+    return str(exc) or type(exc).__name__
+
+
 # ----------------------------------------------------------------------------- shared argument groups
 
 def _add_attribute_arguments(parser, default='feel'):
@@ -162,17 +172,43 @@ def cmd_profile(args):
     return 1 if result.failures else 0
 
 
+def match_columns(column_lists):
+    """Score columns of several tables matched by attribute -> (axis names, [columns of table k]).
+
+    A column present in every table matches itself. Otherwise ``name`` and ``name@ensemble``
+    count as the same attribute (one table scored with the paper's pair, another with the
+    ensemble), when each table has exactly one column of that attribute; the axis is ``name``.
+    """
+    from uiqa_plugin.perception.ensembles import base_name
+    shared = [n for n in column_lists[0] if all(n in cols for cols in column_lists[1:])]
+    axes, columns = list(shared), [list(shared) for _ in column_lists]
+    rest = [[c for c in cols if c not in shared] for cols in column_lists]
+    for base in dict.fromkeys(base_name(c) for c in rest[0]):
+        found = [[c for c in cols if base_name(c) == base] for cols in rest]
+        if all(len(f) == 1 for f in found):
+            axes.append(base)
+            for k, f in enumerate(found):
+                columns[k].append(f[0])
+    return axes, columns
+
+
 def _rows_from_tables(command, tables, labels):
-    """Read several score tables -> (labels, attribute names common to all, {path: [row per table]})."""
+    """Read several score tables -> (labels, axis names, [columns of table k], {path: [row per table]})."""
     from uiqa_plugin.perception.profile import read_score_table
     if labels and len(labels) != len(tables):
         raise CommandError(f'{len(labels)} --label for {len(tables)} --table: give one label per table')
     loaded = [read_score_table(t) for t in tables]
     labels = labels or [osp.splitext(osp.basename(t))[0] for t in tables]
-    names = [n for n in loaded[0][1] if all(n in attrs for _, attrs in loaded[1:])]
+    names, columns = match_columns([attrs for _, attrs in loaded])
     if not names:
-        raise CommandError('the tables share no score column')
-    dropped = sorted({n for _, attrs in loaded for n in attrs} - set(names))
+        listing = '; '.join(f'{t}: {", ".join(attrs)}' for t, (_, attrs) in zip(tables, loaded))
+        raise CommandError(f'the tables share no score column (columns: {listing}). Columns match by name, '
+                           'and NAME matches NAME@ensemble.')
+    renamed = sorted({f'{c} as {n}' for cols in columns for n, c in zip(names, cols) if c != n})
+    if renamed:
+        _say(command, f'matched by attribute: {", ".join(renamed)}')
+    used = {c for cols in columns for c in cols}
+    dropped = sorted({n for _, attrs in loaded for n in attrs} - used)
     if dropped:
         _say(command, f'columns not in every table, left out: {", ".join(dropped)}')
     by_path = {}
@@ -182,7 +218,7 @@ def _rows_from_tables(command, tables, labels):
     incomplete = [p for p, rs in by_path.items() if any(r is None for r in rs)]
     if incomplete:
         _say(command, f'{len(incomplete)} image(s) not in every table, left out (e.g. {incomplete[0]})')
-    return labels, names, {p: rs for p, rs in by_path.items() if p not in incomplete}
+    return labels, names, columns, {p: rs for p, rs in by_path.items() if p not in incomplete}
 
 
 def cmd_radar(args):
@@ -191,7 +227,7 @@ def cmd_radar(args):
         raise CommandError('give either images to score or --table score tables (not both)')
     written = []
     if args.table:
-        labels, names, by_path = _rows_from_tables('radar', args.table, args.label)
+        labels, names, columns, by_path = _rows_from_tables('radar', args.table, args.label)
         if not by_path:
             raise CommandError('no image is in every table', code=1)
         from uiqa_plugin.data.image_io import ImageReadError, read_image
@@ -200,7 +236,7 @@ def cmd_radar(args):
                 images = [thumbnail(read_image(path), 384)]
             except ImageReadError:
                 images = []  # the table may come from another machine
-            series = [(label, [row[n] for n in names]) for label, row in zip(labels, by_path[path])]
+            series = [(label, [row[c] for c in cols]) for label, cols, row in zip(labels, columns, by_path[path])]
             chart = radar_chart(series, names, images=images, title=osp.basename(path))
             written += save_chart(chart.figure, stem, args.format)
         code = 0
@@ -228,15 +264,17 @@ def cmd_report(args):
     if args.table:
         from uiqa_plugin.perception.profile import read_score_table
         rows, names = read_score_table(args.table)
-        attributes, description, code = None, f'Scores from {args.table}.', 0
+        attributes, description, code, warning = None, f'Scores from {args.table}.', 0, None
     else:
+        from uiqa_plugin.perception.profile import random_weights_reason
         result, attributes = _score(args, 'report')
         rows, names = result.rows, result.attribute_names
         description = f'CLIP {args.clip_model} ({args.clip_pretrained}), ensemble mode {args.ensemble_mode}.'
         code = 1 if result.failures else 0
+        warning = random_weights_reason(_pretrained(args.clip_pretrained))
     write_report(rows, names, args.out, images=args.images, attributes=attributes, chart_format=args.chart,
                  thumb_size=args.thumb_size, title=args.title, description=description,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, warning=warning)
     _say('report', f'wrote {args.out} ({len(rows)} images)')
     return code
 
@@ -285,10 +323,10 @@ def cmd_evaluate(args):
     rows, scores = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
                                     seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
     columns = ['attribute', 'column'] + table_columns(with_intervals=args.n_boot > 0)[1:]
+    print(format_table(rows, columns, digits=3))  # first, so that a failed write below loses nothing
     if args.out:
         write_table(rows, columns, args.out)
         _say('evaluate', f'wrote {args.out}')
-    print(format_table(rows, columns, digits=3))
     if args.scores_out:
         write_table(scores, ['path'] + metric.attribute_names, args.scores_out)
         _say('evaluate', f'wrote {args.scores_out}')
@@ -475,7 +513,7 @@ def main(argv=None):
         _say(args.command, str(exc))
         return exc.code
     except (ClipLoadError, ImageReadError, KeyError, ValueError, OSError) as exc:
-        _say(args.command, exc.args[0] if exc.args else str(exc))
+        _say(args.command, error_message(exc))
         return 2
 
 

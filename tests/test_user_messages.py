@@ -1,0 +1,31 @@
+"""Messages a new user reads: undecodable files, help texts of every command option."""
+import pytest
+
+from uiqa_plugin.data.image_io import ImageReadError, decode_image, read_image
+
+
+def test_a_text_file_named_like_an_image_says_so(tmp_path):
+    page = tmp_path / 'photo.jpg'  # e.g. an HTML error page saved under an image name
+    page.write_text('<!DOCTYPE html>\n<html><body>404 Not Found</body></html>\n')
+    with pytest.raises(ImageReadError) as info:
+        read_image(page)
+    message = str(info.value)
+    assert message.startswith(f'{page}: cannot decode image') and "text file starting '<!DOCTYPE html>'" in message
+    assert 'BytesIO' not in message and ' at 0x' not in message
+
+
+def test_unknown_binary_shows_its_signature():
+    with pytest.raises(ImageReadError, match=r'x\.png: cannot decode image.*signature 00 ff 10 20'):
+        decode_image(bytes([0, 255, 16, 32]) * 40, name='x.png')
+
+
+def test_every_convert_option_has_help(capsys):
+    from uiqa_plugin.tools.convert import main
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    for option, words in [('--clip-model CLIP_MODEL', 'network_g.clip_model'),
+                          ('--clip-pretrained CLIP_PRETRAINED', 'network_g.clip_pretrained'),
+                          ('--attributes ATTRIBUTES', 'one pair per context')]:
+        after = text.split(option)[-1]
+        assert words in after.split('--')[0], (option, after[:120])
