@@ -56,7 +56,7 @@ def test_uint8_on_the_way_is_exact():
         from uiqa_plugin.data.image_io import decode_image
         u8 = pixels_to_rgb_uint8(decode_pixels(buf))
         assert u8.dtype == np.uint8 and u8.shape == (5, 7, 3)
-        on_device = DeviceInput('cpu', normalize=False)([torch.from_numpy(u8.transpose(2, 0, 1).copy())])[0]
+        on_device = DeviceInput('cpu')([torch.from_numpy(u8.transpose(2, 0, 1).copy())])[0]
         assert torch.equal(on_device, torch.from_numpy(decode_image(buf).transpose(2, 0, 1).copy()))
     assert pixels_to_rgb_uint8(rng.randint(0, 65536, (4, 4, 3)).astype(np.uint16)) is None
     assert pixels_to_rgb_uint8(rng.randint(0, 256, (4, 4, 4), dtype=np.uint8)) is None  # alpha needs float

@@ -15,19 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from uiqa_plugin.data.image_io import ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8
 from uiqa_plugin.data.image_ops import upsample_to_min
-from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD, build_transforms, view_transform_specs
+from uiqa_plugin.data.transforms import Normalize, build_transforms, view_transform_specs
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT, check_aspect, minimum_input_side
-
-
-def model_views(model):
-    """(view options {name: options}, input_normalized) of a scoring model, as its evaluation transform uses them."""
-    inner = getattr(model, 'metric', model)  # ProfileScorer wraps a metric
-    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None)
-    names = getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image']
-    views = views or {v: {} for v in names}
-    if isinstance(views, (list, tuple)):  # datasets accept a list of view names (default options)
-        views = {v: {} for v in views}
-    return views, bool(getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False)))
 
 
 def model_minimum_side(model):
@@ -49,15 +38,20 @@ class ScoreImages(Dataset):
     file costs one row, also inside worker processes.
     """
 
-    def __init__(self, paths, views, min_side=1, max_aspect=MAX_ASPECT):
+    def __init__(self, paths, views=None, min_side=1, max_aspect=MAX_ASPECT, specs=None):
         self.paths = list(paths)
-        self.names = list(views)
         self.min_side = int(min_side)
         self.max_aspect = max_aspect
-        specs = view_transform_specs(views, train=False, mean=None, std=None)
-        self.transforms = build_transforms(specs[1:-2], train=False)  # without LoadImage, Normalize, Collect
-        # the image view is the decoded image itself when no resize touches it
-        self.image_is_decoded = 'image' in views and not views['image']
+        if specs is None:
+            specs = view_transform_specs(views, train=False, mean=None, std=None)
+        collect = next(s for s in specs if s.get('type') == 'Collect')
+        self.names = list(collect.get('keys') or ['image'])
+        # decoding happens here, normalization on the device (DeviceInput): the host runs the rest
+        host = [s for s in specs if s.get('type') not in ('LoadImage', 'Normalize', 'Collect')]
+        self.transforms = build_transforms(host, train=False)
+        # the image view is the decoded image itself when no transform rewrites it
+        self.image_is_decoded = 'image' in self.names and not any(
+            'image' in (s.get('keys') or ()) or s.get('name') == 'image' for s in host)
 
     def __len__(self):
         return len(self.paths)
@@ -96,14 +90,14 @@ class ScoreImages(Dataset):
 
 
 class DeviceInput:
-    """Stacked views on the device: uint8 scaled to [0, 1], then CLIP-normalized when the model wants it."""
+    """Stacked views on the device: uint8 scaled to [0, 1], then normalized by (mean, std) when given."""
 
-    def __init__(self, device, normalize):
+    def __init__(self, device, mean=None, std=None):
         self.device = torch.device(device)
         self.mean = self.inv_std = None
-        if normalize:  # the same float32 constants and operations as transforms.Normalize
-            self.mean = torch.tensor(CLIP_MEAN, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-            inv_std = 1.0 / np.asarray(CLIP_STD, np.float32)
+        if mean is not None:  # the same float32 constants and operations as transforms.Normalize
+            self.mean = torch.tensor(np.asarray(mean, np.float32), device=self.device).view(1, 3, 1, 1)
+            inv_std = 1.0 / np.asarray(std, np.float32)
             self.inv_std = torch.from_numpy(inv_std).to(self.device).view(1, 3, 1, 1)
 
     def __call__(self, tensors):
@@ -131,11 +125,14 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     device = next(iter(model.buffers()), torch.empty(0)).device
     if multiprocessing.current_process().daemon:  # e.g. inside a Pool worker: it may not start processes
         workers = 0
-    views, normalized = model_views(model)
+    from uiqa_plugin.api import evaluation_transform_specs
+    specs = evaluation_transform_specs(model)
     if min_side is None:
         min_side = model_minimum_side(model)
-    dataset = ScoreImages(paths, views, min_side=min_side, max_aspect=max_aspect)
-    to_input = DeviceInput(device, normalized)
+    dataset = ScoreImages(paths, min_side=min_side, max_aspect=max_aspect, specs=specs)
+    normalize = Normalize(**{k: v for k, v in next((s for s in specs if s.get('type') == 'Normalize'),
+                                                   {'mean': None, 'std': None}).items() if k != 'type'})
+    to_input = DeviceInput(device, normalize.mean, normalize.std)
     names = dataset.names
     # batch_size=None: samples arrive one by one, in order, and are grouped by size here. About one batch is
     # decoded ahead in all: enough to overlap, little shared memory (/dev/shm is small in containers).
