@@ -21,6 +21,8 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         keep_pos_embed: keep CLIP's positional embedding, interpolated in 2-D to the input size.
         input_normalized: inputs are already CLIP-normalized (datasets that normalize); else RGB in [0, 1].
         ensemble: how phrasings of one attribute combine, ``mean_prob`` or ``mean_logit``.
+        quick_gelu: CLIP's MLP activation; None picks it from the weights (QuickGELU for OpenAI's
+            and every RN50 weight set; see ``clip_backbone.resolve_quick_gelu``), True/False forces it.
 
     forward: (N, 3, H, W), any H and W -> (N, P) probabilities in [0, 1], one column per attribute.
     """
@@ -37,6 +39,11 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         self.prompts = tuple(p for attr in self.attributes for p in attr.prompts)
         group = [i for i, attr in enumerate(self.attributes) for _ in attr.pairs]
         self.register_buffer('group_index', torch.tensor(group, dtype=torch.long), persistent=False)
+
+    @property
+    def resolved_options(self):
+        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
+        return {'quick_gelu': self.clip.quick_gelu}
 
     @property
     def attribute_names(self):

@@ -263,7 +263,8 @@ class IQAModel(BaseModel):
         datasets = self.opt.get('datasets', {})
         view_options = next((d.get('views') for d in datasets.values() if isinstance(d, dict) and d.get('views')),
                             None)
-        payload = {param_key: state, 'network_g': deepcopy(self.opt['network_g']),
+        network_g = {**deepcopy(self.opt['network_g']), **getattr(bare, 'resolved_options', {})}  # e.g. quick_gelu
+        payload = {param_key: state, 'network_g': network_g,
                    'attribute_names': list(getattr(bare, 'attribute_names', [])),
                    'view_options': deepcopy(view_options)}  # lets uiqa-score build the same views
         tmp = path + '.tmp'
