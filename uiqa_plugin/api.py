@@ -31,7 +31,7 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     return metric.to(device or default_device()).eval()
 
 
-def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None):
+def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, quick_gelu=None):
     """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
 
     The checkpoint carries the arch options (``network_g``) and the view options it was trained
@@ -52,6 +52,8 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
         options['clip_model'] = clip_model
     if clip_pretrained is not None:
         options['clip_pretrained'] = clip_pretrained
+    if quick_gelu is not None:  # else the activation the checkpoint recorded (or the weights' rule)
+        options['quick_gelu'] = quick_gelu
     model = ARCH_REGISTRY.get(arch)(**options)
     try:
         model.load_state_dict(ckpt['params'], strict=True)

@@ -404,16 +404,48 @@ def load_clip(model_name='RN50', pretrained='openai', quick_gelu=None, cache_dir
     model_name = _resolve_model_config(model_name)
     key = (model_name, pretrained_key, quick_gelu)
     with _SHARED_LOCK:
-        if key not in _SHARED:
+        clip = _SHARED.get(key)
+        if clip is None:
             model, info = build_clip_model(model_name, pretrained, quick_gelu, cache_dir)
             resolved = (model_name, pretrained_key, info['quick_gelu'])
             clip = _SHARED.get(resolved)  # asked before with the activation spelled out
             if clip is None:
                 clip = ClipBackbone(model, name=model_name, source=info['source'], quick_gelu=info['quick_gelu'])
-                logger.info(f'Loaded CLIP {model_name} from {info["source"]} ({info["format"]}).')
-                logger.info(f'QuickGELU: {"on" if info["quick_gelu"] else "off"} ({info["quick_gelu_reason"]}).')
+                clip.load_info = info
             _SHARED[key] = _SHARED[resolved] = clip
-        return _SHARED[key]
+            verb = 'Loaded'
+        else:
+            verb = 'Using the already loaded'
+    # Logged at every use, so that a log file opened after the first load (BasicSR's) still says it.
+    info = clip.load_info
+    logger.info(f'{verb} CLIP {model_name} weights from {info["source"]} ({info["format"]}).')
+    logger.info(f'QuickGELU: {"on" if info["quick_gelu"] else "off"} ({info["quick_gelu_reason"]}).')
+    return clip
+
+
+def load_clip_for_network(net_opt):
+    """Load the CLIP that an arch's options (``network_g``) name, before the arch is built.
+
+    Lets the training and test entry points fail on a bad ``clip_pretrained`` before
+    BasicSR creates experiment folders; the arch then gets the same shared instance.
+    Does nothing for archs without CLIP options. Raises ClipLoadError.
+    """
+    import inspect
+
+    from basicsr.utils.registry import ARCH_REGISTRY
+    if not isinstance(net_opt, dict) or net_opt.get('type') not in ARCH_REGISTRY:
+        return None
+    defaults = {}
+    for cls in ARCH_REGISTRY.get(net_opt['type']).__mro__:  # subclasses pass **kwargs up
+        init = cls.__dict__.get('__init__')
+        if init is not None:
+            for name, param in inspect.signature(init).parameters.items():
+                if param.default is not inspect.Parameter.empty:
+                    defaults.setdefault(name, param.default)
+    if 'clip_pretrained' not in defaults:
+        return None
+    options = {k: net_opt.get(k, defaults.get(k)) for k in ('clip_model', 'clip_pretrained', 'quick_gelu')}
+    return load_clip(options['clip_model'] or 'RN50', options['clip_pretrained'], quick_gelu=options['quick_gelu'])
 
 
 def clear_shared_clip():
@@ -506,6 +538,7 @@ class ClipBackbone(nn.Module):
         self.name = name
         self.source = source
         self.quick_gelu = quick_gelu  # the activation it was built with (recorded in our checkpoints)
+        self.load_info = {'source': source, 'format': '', 'quick_gelu': quick_gelu, 'quick_gelu_reason': 'given'}
         self.requires_grad_(False)
         self.eval()
         self._text_cache = {}

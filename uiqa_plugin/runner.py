@@ -156,7 +156,12 @@ def run_pipeline(is_train, argv=None):
     import uiqa_plugin  # noqa: F401  (basicsr compatibility + registrations)
     from uiqa_plugin.options import validate_option_file
     argv = launcher_args(sys.argv[1:] if argv is None else list(argv))
-    validate_option_file(argv, is_train=is_train)
+    opt = validate_option_file(argv, is_train=is_train)
+    from uiqa_plugin.clip_backbone import ClipLoadError, load_clip_for_network, yaml_option_names
+    try:  # a missing or wrong CLIP fails here, before BasicSR creates experiment folders
+        load_clip_for_network((opt or {}).get('network_g'))
+    except ClipLoadError as exc:
+        sys.exit(f'error: {exc.message(yaml_option_names())}')
     patch_basicsr()
     sys.argv = [sys.argv[0]] + argv  # BasicSR's parser reads sys.argv
     if is_train:

@@ -15,6 +15,9 @@ def add_clip_arguments(parser):
     parser.add_argument('--clip-pretrained', default='openai',
                         help="open_clip tag ('openai', downloaded once), a local weight file "
                              "(OpenAI .pt/state dict or open_clip checkpoint), or 'none' for random weights")
+    parser.add_argument('--quick-gelu', action=argparse.BooleanOptionalAction, default=None,
+                        help="CLIP's MLP activation; default: from the weights (QuickGELU for OpenAI's and all RN50 "
+                             'weights; the choice is logged)')
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass (equal sizes batch together)')
 
@@ -61,7 +64,7 @@ def main(argv=None):
         print('uiqa-score: --batch-size must be at least 1', file=sys.stderr)
         return 2
     import uiqa_plugin
-    from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('default')
@@ -71,12 +74,16 @@ def main(argv=None):
                 metric = load_trained_model(
                     args.checkpoint, device=args.device,
                     clip_model=args.clip_model if '--clip-model' in explicit else None,
-                    clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
+                    clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None,
+                    quick_gelu=args.quick_gelu)
             else:
                 metric = uiqa_plugin.create_metric(args.attributes, clip_model=args.clip_model,
                                                    clip_pretrained=args.clip_pretrained, device=args.device,
-                                                   keep_pos_embed=args.keep_pos_embed)
-    except (ClipLoadError, KeyError, ValueError) as exc:
+                                                   keep_pos_embed=args.keep_pos_embed, quick_gelu=args.quick_gelu)
+    except ClipLoadError as exc:
+        print(f'uiqa-score: {exc.message(CLI_OPTION_NAMES)}', file=sys.stderr)
+        return 2
+    except (KeyError, ValueError) as exc:
         print(f'uiqa-score: {exc.args[0] if exc.args else exc}', file=sys.stderr)
         return 2
     try:
