@@ -16,7 +16,9 @@ Positional embedding removed (SPEC.md 1): CLIP-IQA feeds full-resolution images.
 ResNet towers the attention pool runs with the spatial mean token as the only query and no
 positional term; for ViT towers the class token and patch tokens get no positional term.
 With ``keep_pos_embed=True`` the learned grid is interpolated in 2-D to the input's grid,
-the class/mean slot kept apart, so a 224 x 224 input reproduces open_clip's own forward.
+the class/mean slot kept apart, so a 224 x 224 input reproduces open_clip's own forward;
+``keep_pos_embed='stretch_1d'`` reproduces pyiqa's 1-D stretch of the flattened list (its
+512 px CLIP-IQA+ models were trained with it).
 """
 import copy
 import difflib
@@ -474,6 +476,34 @@ def interpolate_grid_embedding(pos_embed, grid_hw, num_prefix=1):
     return torch.cat([prefix, grid], dim=0)
 
 
+POS_EMBED_MODES = (False, True, 'interpolate_2d', 'stretch_1d')
+
+
+def check_pos_embed_mode(mode):
+    """``keep_pos_embed`` values: False (removed, CLIP-IQA), True / 'interpolate_2d', 'stretch_1d'."""
+    if mode not in POS_EMBED_MODES or (mode is not True and mode is not False and not isinstance(mode, str)):
+        raise ValueError(f"keep_pos_embed must be false, true ('interpolate_2d') or 'stretch_1d', got {mode!r}")
+    return mode
+
+
+def stretch_embedding_1d(pos_embed, num_tokens):
+    """pyiqa's resize of a positional embedding (its clipiqa+_rn50_512 / _vitL14_512 models).
+
+    The flattened (1 + S*S, C) list, class/mean slot included, is resized bicubically along
+    the token axis to (num_tokens, C), ignoring the grid's two dimensions. Geometrically
+    wrong (SPEC.md 1), kept to reproduce weights trained with it.
+    """
+    out = F.interpolate(pos_embed.float()[None, None], size=(num_tokens, pos_embed.shape[1]), mode='bicubic')
+    return out[0, 0].to(pos_embed.dtype)
+
+
+def resize_positional_embedding(pos_embed, grid_hw, mode=True):
+    """The positional embedding for an (h, w) token grid: 2-D interpolation, or pyiqa's 1-D stretch."""
+    if mode == 'stretch_1d':
+        return stretch_embedding_1d(pos_embed, 1 + grid_hw[0] * grid_hw[1])
+    return interpolate_grid_embedding(pos_embed, grid_hw)
+
+
 def attention_pool(pool, feature_map, keep_pos_embed=False):
     """CLIP's ResNet attention pool over any spatial size.
 
@@ -484,7 +514,8 @@ def attention_pool(pool, feature_map, keep_pos_embed=False):
     tokens = feature_map.flatten(2).permute(2, 0, 1)  # (HW, N, C)
     tokens = torch.cat([tokens.mean(dim=0, keepdim=True), tokens], dim=0)
     if keep_pos_embed:
-        tokens = tokens + interpolate_grid_embedding(pool.positional_embedding, (h, w))[:, None, :].to(tokens.dtype)
+        tokens = tokens + resize_positional_embedding(pool.positional_embedding, (h, w), keep_pos_embed)[:, None, :].to(
+            tokens.dtype)
     out, _ = F.multi_head_attention_forward(
         query=tokens[:1], key=tokens, value=tokens,
         embed_dim_to_check=c,
@@ -513,7 +544,7 @@ def _vit_forward(visual, x, keep_pos_embed):
     cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
     if keep_pos_embed:
-        x = x + interpolate_grid_embedding(visual.positional_embedding, (gh, gw)).to(x.dtype)
+        x = x + resize_positional_embedding(visual.positional_embedding, (gh, gw), keep_pos_embed).to(x.dtype)
     x = visual.patch_dropout(x)
     x = visual.ln_pre(x)
     x = visual.transformer(x)

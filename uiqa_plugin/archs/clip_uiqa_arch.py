@@ -18,7 +18,7 @@ from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_diffe
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import load_clip
+from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
 from uiqa_plugin.prompts import resolve_attributes
 
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -94,7 +94,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
             raise ValueError(f"prompt must be 'learned' or 'fixed', got {prompt!r}")
         self.views = views
         self.attributes = resolve_attributes(attributes)
-        self.keep_pos_embed = keep_pos_embed
+        self.keep_pos_embed = check_pos_embed_mode(keep_pos_embed)
         self.input_normalized = input_normalized
         self.ensemble = ensemble
         clip = load_clip(clip_model, clip_pretrained, quick_gelu=quick_gelu)
