@@ -493,7 +493,8 @@ def stretch_embedding_1d(pos_embed, num_tokens):
     the token axis to (num_tokens, C), ignoring the grid's two dimensions. Geometrically
     wrong (SPEC.md 1), kept to reproduce weights trained with it.
     """
-    out = F.interpolate(pos_embed.float()[None, None], size=(num_tokens, pos_embed.shape[1]), mode='bicubic')
+    work = pos_embed if pos_embed.dtype == torch.float64 else pos_embed.float()
+    out = F.interpolate(work[None, None], size=(num_tokens, pos_embed.shape[1]), mode='bicubic')
     return out[0, 0].to(pos_embed.dtype)
 
 
