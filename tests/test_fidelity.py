@@ -243,6 +243,16 @@ def test_concurrent_first_loads_build_one_clip(tiny_clip_files, fresh_clip_table
     assert len(built) == 1 and len(results) == 4 and all(r is results[0] for r in results)
 
 
+def test_loading_clip_leaves_the_global_rng_alone(tiny_clip_files, fresh_clip_table):
+    # The entry points load CLIP before BasicSR seeds and builds the model: a learned context's
+    # random init must not depend on whether CLIP was loaded before or during the build.
+    torch.manual_seed(0)
+    load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
+    after_load = torch.rand(4)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(4), after_load)
+
+
 # ----------------------------------------------------------------------------- failing before folders exist (12.3)
 
 def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatch):

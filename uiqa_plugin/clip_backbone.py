@@ -408,7 +408,10 @@ def load_clip(model_name='RN50', pretrained='openai', quick_gelu=None, cache_dir
     with _SHARED_LOCK:
         clip = _SHARED.get(key)
         if clip is None:
-            model, info = build_clip_model(model_name, pretrained, quick_gelu, cache_dir)
+            # Building draws random initial weights before loading the real ones: keep that off the
+            # global RNG, so a model's own random init does not depend on whether CLIP was already loaded.
+            with torch.random.fork_rng(devices=[]):
+                model, info = build_clip_model(model_name, pretrained, quick_gelu, cache_dir)
             resolved = (model_name, pretrained_key, info['quick_gelu'])
             clip = _SHARED.get(resolved)  # asked before with the activation spelled out
             if clip is None:

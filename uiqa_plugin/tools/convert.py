@@ -120,7 +120,9 @@ def _numpy_scalar_globals():
 def read_source(path, trust=False):
     """Load a published checkpoint without running code from it (weights_only, numpy scalars allowed)."""
     from uiqa_plugin.checkpoint_io import load_checkpoint
-    allow = getattr(torch.serialization, 'safe_globals', None)
+    allow = getattr(torch.serialization, 'safe_globals', None)  # a context manager from torch 2.5
+    if allow is None:
+        torch.serialization.add_safe_globals(_numpy_scalar_globals())  # torch 2.4: process-wide, still no code
     with (allow(_numpy_scalar_globals()) if allow else nullcontext()):
         return load_checkpoint(path, trust=trust, what='source checkpoint')
 
