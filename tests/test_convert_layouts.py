@@ -46,34 +46,22 @@ def test_stretch_1d_is_cubic_resampling_of_the_flat_list_class_slot_included():
 
 
 @pytest.mark.parametrize('clip_name', ['rn', 'vit'])
-def test_stretch_1d_encoding_adds_the_stretched_embedding(tiny_clip_files, clip_name):
+def test_stretch_1d_encoding_adds_the_stretched_embedding(tiny_clip_files, clip_name, monkeypatch):
+    from uiqa_plugin import clip_backbone
     config, weights = ((tiny_clip_files['config'], tiny_clip_files['openai']) if clip_name == 'rn' else
                        (tiny_clip_files['vit_config'], tiny_clip_files['vit_weights']))
     clip = load_clip(config, weights)
     visual = clip.model.visual
-    x = torch.randn(1, 3, 96, 128)
+    pos = visual.attnpool.positional_embedding if clip_name == 'rn' else visual.positional_embedding
+    x = torch.randn(1, 3, 96, 128)  # a 3 x 4 grid (ResNet, stride 32) or 6 x 8 (ViT, patch 16)
+    tokens = 1 + (3 * 4 if clip_name == 'rn' else 6 * 8)
     with torch.no_grad():
         got = clip.encode_image(x, keep_pos_embed='stretch_1d', normalize_features=False)
-        # Same forward with the parameter itself replaced by the stretched list and added whole.
-        pos = visual.attnpool.positional_embedding if clip_name == 'rn' else visual.positional_embedding
-        tokens = 1 + (x.shape[2] // 32) * (x.shape[3] // 32) if clip_name == 'rn' else 1 + 6 * 8
-        saved = pos.data.clone()
-        try:
-            pos.data = stretch_embedding_1d(saved, tokens)
-            grid = (x.shape[2] // 32, x.shape[3] // 32) if clip_name == 'rn' else (6, 8)
-            side = int(math.sqrt(tokens - 1))
-            if side * side == tokens - 1 and grid[0] == grid[1]:
-                pytest.skip('square grid')
-            from uiqa_plugin import clip_backbone
-            original = clip_backbone.resize_positional_embedding
-            clip_backbone.resize_positional_embedding = lambda p, hw, mode=True: p
-            try:
-                expected = clip.encode_image(x, keep_pos_embed=True, normalize_features=False)
-            finally:
-                clip_backbone.resize_positional_embedding = original
-        finally:
-            pos.data = saved
         two_d = clip.encode_image(x, keep_pos_embed=True, normalize_features=False)
+        # The same forward with a resize that adds the independently stretched list as it is.
+        stretched = torch.from_numpy(cubic_resize_1d(pos.detach().double().numpy(), tokens)).float()
+        monkeypatch.setattr(clip_backbone, 'resize_positional_embedding', lambda p, hw, mode=True: stretched)
+        expected = clip.encode_image(x, keep_pos_embed=True, normalize_features=False)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, two_d, atol=1e-4)
 
@@ -81,7 +69,8 @@ def test_stretch_1d_encoding_adds_the_stretched_embedding(tiny_clip_files, clip_
 def test_pyiqa_per_prompt_context_converts_to_context_prompt_with_the_1d_stretch(tiny_clip_files, tmp_path):
     ctx = torch.randn(2, 16, 32)
     src = tmp_path / 'CLIPIQA+_RN50_512.pth'
-    buffers = {'prompt_learner.token_prefix': torch.zeros(2, 1, 32), 'prompt_learner.token_suffix': torch.zeros(2, 60, 32)}
+    buffers = {'prompt_learner.token_prefix': torch.zeros(2, 1, 32),
+               'prompt_learner.token_suffix': torch.zeros(2, 60, 32)}
     torch.save({'params': {'prompt_learner.ctx': ctx, **buffers}}, src)
     out = tmp_path / 'ours.pth'
     assert convert_main([str(src), str(out), '--clip-model', tiny_clip_files['config'],
@@ -128,7 +117,8 @@ def test_mmcv_checkpoint_with_numpy_metadata_loads_without_unpickling_code(tmp_p
     converted = torch.load(out, weights_only=True)
     assert torch.equal(converted['params']['prompt_learner.ctx'][0],
                        state['generator.clipmodel_0.prompt_learner.ctx'].float())
-    assert converted['network_g']['prompt_opt']['context'] == 'pair' and converted['network_g']['keep_pos_embed'] is False
+    assert converted['network_g']['prompt_opt']['context'] == 'pair'
+    assert converted['network_g']['keep_pos_embed'] is False
 
 
 class Payload:

@@ -174,9 +174,10 @@ def _load_weights_into(model, state_dict, path):
     # TorchScript archives also store buffers that open_clip keeps out of its state dict (attn_mask).
     non_persistent = {name for name, _ in model.named_buffers()} - set(own)
     state_dict = {k: v for k, v in state_dict.items() if k not in non_persistent}
-    if 'logit_scale' in state_dict and 'logit_scale' in own and state_dict['logit_scale'].shape != own['logit_scale'].shape \
-            and state_dict['logit_scale'].numel() == own['logit_scale'].numel():
-        state_dict['logit_scale'] = state_dict['logit_scale'].reshape(own['logit_scale'].shape)
+    scale, own_scale = state_dict.get('logit_scale'), own.get('logit_scale')
+    if scale is not None and own_scale is not None and scale.shape != own_scale.shape \
+            and scale.numel() == own_scale.numel():  # () in some files, (1,) in others
+        state_dict['logit_scale'] = scale.reshape(own_scale.shape)
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
     mismatched = [f'{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'

@@ -158,9 +158,10 @@ def main(argv=None):
     save_checkpoint(converted, args.output)
     ctx = converted['params']['prompt_learner.ctx']
     net = converted['network_g']
+    regressor = ', regressor' if 'regressor.linear_1.weight' in converted['params'] else ''
     print(f'uiqa-convert: wrote {args.output}: {ctx.shape[0]} context(s) of {ctx.shape[1]} x {ctx.shape[2]} '
-          f'(one per {net["prompt_opt"]["context"]}){", regressor" if "regressor.linear_1.weight" in converted["params"] else ""}; '
-          f'CLIP {net["clip_model"]}, keep_pos_embed {net["keep_pos_embed"]}, QuickGELU; CLIP itself is not stored')
+          f'(one per {net["prompt_opt"]["context"]}){regressor}; CLIP {net["clip_model"]}, '
+          f'keep_pos_embed {net["keep_pos_embed"]}, QuickGELU; CLIP itself is not stored')
     return 0
 
 

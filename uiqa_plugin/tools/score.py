@@ -16,8 +16,8 @@ def add_clip_arguments(parser):
                         help="open_clip tag ('openai', downloaded once), a local weight file "
                              "(OpenAI .pt/state dict or open_clip checkpoint), or 'none' for random weights")
     parser.add_argument('--quick-gelu', action=argparse.BooleanOptionalAction, default=None,
-                        help="CLIP's MLP activation; default: from the weights (QuickGELU for OpenAI's and all RN50 "
-                             'weights; the choice is logged)')
+                        help="force CLIP's MLP activation; without either flag it is picked from the weights "
+                             "(QuickGELU for OpenAI's and every RN50 weight set) and logged")
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass (equal sizes batch together)')
 
