@@ -128,14 +128,13 @@ def read_source(path, trust=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='uiqa-convert', description=__doc__.split('\n')[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog='uiqa-convert', description=__doc__.split('\n')[0])
     parser.add_argument('source', help="reference mmcv checkpoint (iter_80000.pth) or pyiqa's learned prompts")
     parser.add_argument('output', help='our checkpoint (.pth)')
-    parser.add_argument('--attributes', default='quality', help='one pair per context, in order')
-    parser.add_argument('--clip-model', default=None, help='CLIP the context was trained with (default: RN50, or '
-                                                           'ViT-L-14 for 768-wide contexts)')
-    parser.add_argument('--clip-pretrained', default='openai', help='CLIP weights stored in the checkpoint options')
+    parser.add_argument('--attributes', default='quality', help='one pair per context, in order (default: quality)')
+    parser.add_argument('--clip-model', default=None,
+                        help='CLIP the context was trained with (default: RN50, or ViT-L-14 for 768-wide contexts)')
+    parser.add_argument('--clip-pretrained', default='openai', help='CLIP weights stored in the checkpoint options (default: openai)')
     parser.add_argument('--keep-pos-embed', choices=sorted(KEEP_POS_EMBED), default=None,
                         help="positional embedding of the converted model (default: stretch_1d for pyiqa's "
                              'per-prompt 512 px retrains, as pyiqa scores them; false otherwise)')
