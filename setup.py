@@ -17,9 +17,12 @@ setup(
     python_requires='>=3.10',
     install_requires=[
         'basicsr>=1.4.2',
-        'torch>=2.0',
+        # torch 2.4: torch.serialization.add_safe_globals, so published checkpoints with numpy
+        # metadata load with weights_only (uiqa-convert); weights_only loads need torch >= 1.13.
+        'torch>=2.4',
         'torchvision',
-        'open_clip_torch>=2.20',
+        # open_clip 2.32: VisionTransformer._pool (our ViT forward); 2.31 fails the ViT tests.
+        'open_clip_torch>=2.32',
         'pyyaml',
         'opencv-python',
         'numpy',

@@ -97,7 +97,9 @@ def test_reference_checkpoint_converts_with_the_reference_token_layout(tiny_clip
     ctx = ref['state_dict']['generator.clipmodel_0.prompt_learner.ctx'].float()
     assert torch.equal(model.prompt_learner.ctx[0], ctx)
     # Independent layout: [SOS] ctx[:8] 'good photo ..' ctx[8:] [EOT], as the reference built it.
-    clip = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
+    # The reference ran OpenAI's CLIP (QuickGELU): the converted model records it.
+    assert converted['network_g']['quick_gelu'] is True and model.clip.quick_gelu is True
+    clip = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'], quick_gelu=True)
     tokens = clip.tokenize(['X ' * 16 + 'Good photo..'])
     emb = clip.token_embedding(tokens)[0]
     eot = int(tokens[0].argmax())

@@ -18,17 +18,18 @@ def test_openai_state_dict_torchscript_and_open_clip_checkpoint_give_identical_s
     images = torch.rand(2, 3, 64, 96)
     from_openai = scores(tiny_clip_files['config'], tiny_clip_files['openai'], images)
     from_openclip = scores(tiny_clip_files['config'], tiny_clip_files['openclip'], images)
-    assert torch.equal(from_openai, from_openclip)
-    # The TorchScript archive holds the same tensors; OpenAI archives imply QuickGELU (text tower only).
+    from_script = scores(tiny_clip_files['config'], tiny_clip_files['torchscript'], images)
+    assert torch.equal(from_openai, from_openclip) and torch.equal(from_openai, from_script)
     scripted = load_clip(tiny_clip_files['config'], tiny_clip_files['torchscript'])
     plain = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
     for (k, a), (k2, b) in zip(scripted.model.state_dict().items(), plain.model.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
-    from_script = scores(tiny_clip_files['config'], tiny_clip_files['torchscript'], images)
+    assert scripted.quick_gelu is False and plain.quick_gelu is False  # the archive was scripted with GELU
+    # Forcing QuickGELU changes the text tower, hence the scores: the option really reaches the model.
     quick = create_metric('quality,happy', clip_model=tiny_clip_files['config'],
                           clip_pretrained=tiny_clip_files['openai'], quick_gelu=True, device='cpu')
     with torch.no_grad():
-        assert torch.equal(from_script, quick(images))
+        assert not torch.allclose(from_openai, quick(images), atol=1e-6)
 
 
 def test_random_weights_warn():
@@ -70,19 +71,62 @@ def test_missing_file_and_unknown_names():
 
 def test_failed_download_says_how_to_pass_a_local_file(monkeypatch):
     import open_clip
+    from uiqa_plugin import clip_backbone
+    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, yaml_option_names
 
     def offline(*args, **kwargs):
         if kwargs.get('pretrained'):
             raise OSError('Network is unreachable')
         raise AssertionError('should download')
     monkeypatch.setattr(open_clip, 'create_model', offline)
-    with pytest.raises(ClipLoadError, match=r'could not be downloaded.*--clip-pretrained /path/to/RN50.pt'):
+    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: True)
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    with pytest.raises(ClipLoadError, match='could not be downloaded') as info:
         build_clip_model('RN50', 'openai')
+    # The hint names the option the way the user writes it.
+    assert 'Pass a local weight file as --clip-pretrained' in info.value.message(CLI_OPTION_NAMES)
+    assert 'Pass a local weight file as network_g.clip_pretrained' in info.value.message(yaml_option_names())
+
+
+def test_offline_fails_at_once_without_touching_the_network(monkeypatch):
+    import time
+
+    import open_clip
+    from uiqa_plugin import clip_backbone
+    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(open_clip, 'create_model', lambda *a, **k: pytest.fail('must not try to download'))
+    monkeypatch.setattr(clip_backbone, '_reachable', lambda *a, **k: pytest.fail('must not probe the network'))
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    start = time.monotonic()
+    with pytest.raises(ClipLoadError, match='not in the download cache and HF_HUB_OFFLINE is set'):
+        build_clip_model('RN50', 'openai')
+    assert time.monotonic() - start < 5
+    # Online mode but no route to the host: one quick probe, then the same plain error.
+    monkeypatch.delenv('HF_HUB_OFFLINE')
+    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: False)
+    with pytest.raises(ClipLoadError, match='huggingface.co cannot be reached'):
+        build_clip_model('RN50', 'openai')
+
+
+def test_a_cached_tag_loads_from_its_file_without_network(monkeypatch, tmp_path):
+    import open_clip
+    from uiqa_plugin import clip_backbone
+    seen = {}
+    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: str(tmp_path / 'cached.bin'))
+    monkeypatch.setattr(clip_backbone, '_reachable', lambda *a, **k: pytest.fail('must not probe the network'))
+    monkeypatch.setattr(open_clip, 'create_model', lambda name, **kw: seen.update(kw) or 'model')
+    model, info = build_clip_model('RN50', 'openai')
+    assert seen['pretrained'] == str(tmp_path / 'cached.bin') and info['source'] == seen['pretrained']
 
 
 def test_openai_tag_uses_quick_gelu(monkeypatch):
     import open_clip
+    from uiqa_plugin import clip_backbone
     seen = {}
+    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: True)
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.setattr(open_clip, 'create_model', lambda name, **kw: seen.update(kw) or 'model')
     build_clip_model('RN50', 'openai')
     assert seen['force_quick_gelu'] is True and seen['pretrained'] == 'openai'

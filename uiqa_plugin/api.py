@@ -32,7 +32,8 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     return metric.to(device or default_device()).eval()
 
 
-def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, trust=False):
+def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, quick_gelu=None,
+                       trust=False):
     """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
 
     The checkpoint carries the arch options (``network_g``, with absolute CLIP paths) and the
@@ -67,6 +68,8 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
                          ', '.join(f'{k} {v}' for k, v in missing) + '; point at them with ' +
                          ' / '.join(flags[k] for k, _ in missing) + ' (uiqa-score) or ' +
                          ' / '.join(f'{k}=' for k, _ in missing) + ' (load_trained_model)')
+    if quick_gelu is not None:  # else the activation the checkpoint recorded (or the weights' rule)
+        options['quick_gelu'] = quick_gelu
     model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:

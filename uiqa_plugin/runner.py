@@ -616,7 +616,12 @@ def run_pipeline(is_train, argv=None):
     if '--trust-checkpoint' in argv:
         argv.remove('--trust-checkpoint')
         _TRUST_FLAG[0] = True
-    check_options(argv, is_train)
+    opt = check_options(argv, is_train)
+    from uiqa_plugin.clip_backbone import ClipLoadError, load_clip_for_network, yaml_option_names
+    try:  # a missing or wrong CLIP fails here, before BasicSR creates experiment folders
+        load_clip_for_network(opt.get('network_g'))
+    except ClipLoadError as exc:
+        _exit_with_message(f'error: {exc.message(yaml_option_names())}', 2)
     patch_basicsr()
     sys.argv = [sys.argv[0]] + argv  # BasicSR's parser reads sys.argv
     try:

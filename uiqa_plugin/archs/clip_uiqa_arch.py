@@ -18,7 +18,7 @@ from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_diffe
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import load_clip
+from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
 from uiqa_plugin.prompts import resolve_attributes
 
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -94,10 +94,12 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
             raise ValueError(f"prompt must be 'learned' or 'fixed', got {prompt!r}")
         self.views = views
         self.attributes = resolve_attributes(attributes)
-        self.keep_pos_embed = keep_pos_embed
+        self.keep_pos_embed = check_pos_embed_mode(keep_pos_embed)
         self.input_normalized = input_normalized
         self.ensemble = ensemble
         clip = load_clip(clip_model, clip_pretrained, quick_gelu=quick_gelu)
+        if finetune_clip:
+            clip = clip.private_copy()  # copy-on-unfreeze: the shared CLIP of every other model never changes
         self._attach_clip(clip)
 
         pairs = [pair for attr in self.attributes for pair in attr.pairs]
@@ -123,6 +125,11 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         self.clip_trainable = nn.ModuleDict({k.replace('.', '__'): m for k, m in parts.items()})
 
     @property
+    def resolved_options(self):
+        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
+        return {'quick_gelu': self.clip.quick_gelu}
+
+    @property
     def attribute_names(self):
         return [attr.name for attr in self.attributes]
 
@@ -132,21 +139,32 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         self.clip_trainable.eval()
         return self
 
-    def text_features(self):
-        """(2K, D): learned prompts once per training step, fixed prompts from the cache.
+    def _trained_text_inputs(self):
+        """The trainable tensors the text features depend on: the context and any fine-tuned text-tower part."""
+        params = [self.prompt_learner.ctx] if self.prompt_learner is not None else []
+        if self.clip.text_trains:
+            params += [p for name, p in self.clip.model.named_parameters()
+                       if p.requires_grad and not name.startswith('visual.')]
+        return params
 
-        Without gradients (validation, scoring) the learned prompts are encoded once and
-        reused until the context changes (an optimizer step or a checkpoint load bumps its version).
+    def text_features(self):
+        """(2K, D) text features: encoded with gradients whenever something they depend on trains.
+
+        Fixed prompts over a frozen text tower come from CLIP's cache. Otherwise (learned
+        context, or a fine-tuned text tower) they are encoded once per training step, and
+        without gradients (validation, scoring) once until a trained tensor changes (an
+        optimizer step or a checkpoint load bumps its version).
         """
-        if self.prompt_learner is None:
+        if self.prompt_learner is None and not self.clip.text_trains:
             return self.clip.text_features(self.prompts)
+        encode = self.prompt_learner if self.prompt_learner is not None else \
+            (lambda: self.clip.encode_text(self.prompts))
         if torch.is_grad_enabled():
-            return self.prompt_learner()
-        ctx = self.prompt_learner.ctx
-        key = (ctx._version, ctx.data_ptr(), id(self.clip))
+            return encode()
+        key = (id(self.clip),) + tuple((p._version, p.data_ptr()) for p in self._trained_text_inputs())
         cached = self.__dict__.get('_learned_text')
         if cached is None or cached[0] != key:
-            cached = (key, self.prompt_learner())
+            cached = (key, encode())
             self.__dict__['_learned_text'] = cached
         return cached[1]
 

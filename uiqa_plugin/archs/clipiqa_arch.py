@@ -5,7 +5,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import load_clip
+from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
 from uiqa_plugin.prompts import resolve_attributes
 
 
@@ -18,9 +18,12 @@ class CLIPIQA(SharedClipMixin, nn.Module):
             (see ``uiqa_plugin.prompts``), as a comma-separated string or a list.
         clip_model: open_clip model name (``RN50``) or a JSON model config file.
         clip_pretrained: open_clip tag (``openai``), a local weight file, or None (random; tests only).
-        keep_pos_embed: keep CLIP's positional embedding, interpolated in 2-D to the input size.
+        keep_pos_embed: keep CLIP's positional embedding, interpolated in 2-D to the input size (True),
+            or stretched in 1-D as pyiqa does ('stretch_1d', for its 512 px CLIP-IQA+ weights).
         input_normalized: inputs are already CLIP-normalized (datasets that normalize); else RGB in [0, 1].
         ensemble: how phrasings of one attribute combine, ``mean_prob`` or ``mean_logit``.
+        quick_gelu: CLIP's MLP activation; None picks it from the weights (QuickGELU for OpenAI's
+            and every RN50 weight set; see ``clip_backbone.resolve_quick_gelu``), True/False forces it.
 
     forward: (N, 3, H, W), any H and W -> (N, P) probabilities in [0, 1], one column per attribute.
     """
@@ -30,13 +33,18 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         super().__init__()
         self.attributes = resolve_attributes(attributes)
         self._attach_clip(load_clip(clip_model, clip_pretrained, quick_gelu=quick_gelu))
-        self.keep_pos_embed = keep_pos_embed
+        self.keep_pos_embed = check_pos_embed_mode(keep_pos_embed)
         self.input_normalized = input_normalized
         self.ensemble = ensemble
         aggregate_phrasings(torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), 1, ensemble)  # validate early
         self.prompts = tuple(p for attr in self.attributes for p in attr.prompts)
         group = [i for i, attr in enumerate(self.attributes) for _ in attr.pairs]
         self.register_buffer('group_index', torch.tensor(group, dtype=torch.long), persistent=False)
+
+    @property
+    def resolved_options(self):
+        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
+        return {'quick_gelu': self.clip.quick_gelu}
 
     @property
     def attribute_names(self):

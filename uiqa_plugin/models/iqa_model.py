@@ -455,7 +455,8 @@ class IQAModel(BaseModel):
         if self.ema is not None and net is self.net_g:
             payload['params_ema'] = self.ema.state_dict(bare)
         preprocessing = self.evaluation_preprocessing()
-        payload.update({'network_g': absolute_clip_paths(self.opt['network_g']),
+        network_g = {**self.opt['network_g'], **getattr(bare, 'resolved_options', {})}  # e.g. the quick_gelu in use
+        payload.update({'network_g': absolute_clip_paths(network_g),
                         'attribute_names': list(getattr(bare, 'attribute_names', [])),
                         'preprocessing': preprocessing,  # lets uiqa-score rebuild the exact views
                         'view_options': deepcopy((preprocessing or {}).get('views')),

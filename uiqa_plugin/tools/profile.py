@@ -92,7 +92,7 @@ def _build_metric(args, attributes):
         warnings.simplefilter('default')  # show the random-weights warning once, not as an error
         return uiqa_plugin.create_metric(attributes, clip_model=args.clip_model,
                                          clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
-                                         ensemble=args.ensemble_mode)
+                                         ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu)
 
 
 def _pretrained(value):
@@ -352,7 +352,7 @@ def cmd_sensitivity(args):
         results, failures = score_phrasings(attributes, args.inputs, clip_model=args.clip_model,
                                             clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
                                             batch_size=args.batch_size, strict=args.strict,
-                                            progress=not args.no_progress)
+                                            progress=not args.no_progress, quick_gelu=args.quick_gelu)
     for path, message in failures:
         _say('sensitivity', f'skipped {message if message.startswith(path) else f"{path}: {message}"}')
     if not results or not results[0].paths:
@@ -505,13 +505,16 @@ def build_parser():
 def main(argv=None):
     """Run ``uiqa-profile``; returns the exit code (0 ok, 1 some images failed, 2 bad usage or input)."""
     args = build_parser().parse_args(argv)
-    from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
     from uiqa_plugin.data.image_io import ImageReadError
     try:
         return args.func(args)
     except CommandError as exc:
         _say(args.command, str(exc))
         return exc.code
+    except ClipLoadError as exc:
+        _say(args.command, exc.message(CLI_OPTION_NAMES))
+        return 2
     except (ClipLoadError, ImageReadError, KeyError, ValueError, OSError) as exc:
         _say(args.command, error_message(exc))
         return 2

@@ -17,6 +17,9 @@ def add_clip_arguments(parser):
     parser.add_argument('--clip-pretrained', default='openai',
                         help="open_clip tag ('openai', downloaded once), a local weight file "
                              "(OpenAI .pt/state dict or open_clip checkpoint), or 'none' for random weights")
+    parser.add_argument('--quick-gelu', action=argparse.BooleanOptionalAction, default=None,
+                        help="force CLIP's MLP activation; without either flag it is picked from the weights "
+                             "(QuickGELU for OpenAI's and every RN50 weight set) and logged")
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward pass (equal sizes batch together)')
@@ -61,6 +64,9 @@ def build_parser():
     parser.add_argument('--checkpoint', default=None,
                         help='score with a trained model (CLIP-IQA+ / CLIP-UIQA checkpoint) instead of zero-shot '
                              'attributes; CLIP comes from --clip-model/--clip-pretrained when given')
+    parser.add_argument('--trust-checkpoint', action='store_true',
+                        help='allow a --checkpoint file that needs full unpickling (it can run code: only for a '
+                             'file you trust; our checkpoints never need it)')
     parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
                         help='import a module (my_pkg.my_arch or a .py file) that registers your own arch first')
     parser.add_argument('--out', '-o', default=None,
@@ -125,10 +131,11 @@ def load_model(args, argv, device):
             return load_trained_model(
                 args.checkpoint, device=device,
                 clip_model=args.clip_model if '--clip-model' in explicit else None,
-                clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None)
+                clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None,
+                quick_gelu=args.quick_gelu, trust=args.trust_checkpoint)
         return uiqa_plugin.create_metric(args.attributes or 'quality', clip_model=args.clip_model,
                                          clip_pretrained=args.clip_pretrained, device=device,
-                                         keep_pos_embed=args.keep_pos_embed)
+                                         keep_pos_embed=args.keep_pos_embed, quick_gelu=args.quick_gelu)
 
 
 def rank_device(args, ranks):
@@ -251,7 +258,7 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip_backbone import ClipLoadError
+    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
@@ -275,7 +282,10 @@ def main(argv=None):
         return 2
     try:
         metric = load_model(args, argv, rank_device(args, ranks))
-    except (ClipLoadError, KeyError, ValueError) as exc:
+    except ClipLoadError as exc:
+        say(exc.message(CLI_OPTION_NAMES))
+        return 2
+    except (KeyError, ValueError) as exc:
         say(exc.args[0] if exc.args else exc)
         return 2
     if not args.out:
