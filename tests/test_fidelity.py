@@ -106,7 +106,9 @@ def test_forcing_gelu_off_for_a_config_that_sets_quick_gelu(tmp_path, fresh_clip
         assert activations(load_clip(config, None, quick_gelu=False)) == {'GELU'}
 
 
-def test_the_choice_and_the_source_are_logged_without_open_clips_random_init_warning(rn50_like, caplog):
+def test_the_choice_and_the_source_are_logged_without_open_clips_random_init_warning(rn50_like, caplog, monkeypatch):
+    # BasicSR's get_root_logger (called by any earlier in-process run) stops 'basicsr' records from propagating
+    monkeypatch.setattr(logging.getLogger('basicsr'), 'propagate', True)
     with caplog.at_level(logging.INFO):
         load_clip(rn50_like['config'], rn50_like['openai'])
     text = caplog.text
@@ -255,16 +257,15 @@ def test_loading_clip_leaves_the_global_rng_alone(tiny_clip_files, fresh_clip_ta
 
 # ----------------------------------------------------------------------------- failing before folders exist (12.3)
 
-def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatch):
-    import basicsr.train
-
-    from uiqa_plugin import options, runner
+def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatch, capsys):
+    from uiqa_plugin import runner
     opt = {'network_g': {'type': 'CLIPIQAPlus', 'clip_model': 'RN50', 'clip_pretrained': 'openai'}}
-    monkeypatch.setattr(options, 'validate_option_file', lambda argv, is_train=True: opt)
+    monkeypatch.setattr(runner, 'check_options', lambda argv, is_train=True: opt)
     monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
-    monkeypatch.setattr(basicsr.train, 'train_pipeline', lambda root: pytest.fail('must stop before training'))
+    monkeypatch.setattr(runner, 'train_pipeline', lambda root: pytest.fail('must stop before training'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     with pytest.raises(SystemExit) as exit_info:
         runner.run_pipeline(True, ['-opt', 'x.yml'])
-    message = str(exit_info.value.code)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
     assert 'HF_HUB_OFFLINE' in message and 'Pass a local weight file as network_g.clip_pretrained' in message

@@ -55,7 +55,7 @@ def corpus(tmp_path_factory):
     os.symlink('missing.png', folder / 'dangling.png')
     good = ['good.png', 'sub/good.jpg', 'png_named.jpg', 'cmyk.jpg', 'deep16.png', 'animated.gif', 'rotated.jpg',
             'one_pixel.png', NON_UTF8]
-    bad = {'truncated.jpg': 'truncated', 'empty.png': 'file is empty', 'text_named.png': 'not in an image format',
+    bad = {'truncated.jpg': 'truncated', 'empty.png': 'file is empty', 'text_named.png': 'no format Pillow reads',
            'strip.png': 'aspect ratio 16667:1', 'dangling.png': 'broken symbolic link'}
     return folder, good, bad
 

@@ -501,8 +501,9 @@ def validate_options(opt, is_train=True, source='options', check_environment=Tru
     if not isinstance(opt, dict):
         raise OptionError(f'{source}: the file must hold a mapping of options')
     _import_user_modules(opt, problems)
+    from_checkpoint = not is_train and isinstance(opt.get('path'), dict) and opt['path'].get('pretrain_network_g')
     for key in ('name', 'model_type', 'datasets', 'network_g'):
-        if key not in opt:
+        if key not in opt and not (key == 'network_g' and from_checkpoint):  # test.py reads it from the checkpoint
             problems.append(f'{key}: required')
     model_cls = registry_lookup(MODEL_REGISTRY, opt.get('model_type'))
     if model_cls is None and 'model_type' in opt:
