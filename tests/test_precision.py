@@ -1,5 +1,6 @@
 """Reduced precision (``precision: bf16 | fp16``): fp32 untouched, bf16 close to it, training under bf16."""
 import copy
+import math
 
 import pytest
 import torch
@@ -219,7 +220,17 @@ def test_iqa_model_trains_a_step_with_precision_bf16(tiny_clip_files, tmp_path):
     model.optimize_parameters(1)
     assert not model.grad_scaler.is_enabled()  # a scaler only for fp16
     assert ctx.dtype == torch.float32 and not torch.equal(ctx, before)
-    assert torch.isfinite(model.log_dict['l_total'])
+    assert math.isfinite(model.log_dict['l_total'])
+
+
+def test_caches_filled_under_inference_mode_serve_gradients(calibrated_metric):
+    """bf16 scoring under inference_mode builds the folded weights; a later gradient w.r.t. the image uses them."""
+    metric = calibrated_metric(precision='bf16')
+    with torch.inference_mode():
+        metric(smooth_images(1))
+    image = smooth_images(1).requires_grad_()
+    metric(image).sum().backward()  # CLIP-IQA as a differentiable quality loss
+    assert image.grad is not None and torch.isfinite(image.grad).all() and image.grad.abs().sum() > 0
 
 
 def test_cached_text_features_from_inference_mode_serve_training(tiny_clip_files):

@@ -92,14 +92,16 @@ def folded_resnet(visual, dtype):
     cached = visual.__dict__.get('_uiqa_folded')
     if cached is not None and cached[0] == key:
         return cached[1]
-    blocks = []
-    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-        for b in layer:
-            down = _fold(b.downsample[1], b.downsample[2], dtype) if b.downsample is not None else None
-            blocks.append((_fold(b.conv1, b.bn1, dtype), _fold(b.conv2, b.bn2, dtype), b.stride,
-                           _fold(b.conv3, b.bn3, dtype), down))
-    stem = [_fold(visual.conv1, visual.bn1, torch.float32), _fold(visual.conv2, visual.bn2, dtype),
-            _fold(visual.conv3, visual.bn3, dtype)]
+    # Plain tensors even when built under inference_mode: a later forward may need gradients w.r.t. its input.
+    with torch.inference_mode(False), torch.no_grad():
+        blocks = []
+        for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+            for b in layer:
+                down = _fold(b.downsample[1], b.downsample[2], dtype) if b.downsample is not None else None
+                blocks.append((_fold(b.conv1, b.bn1, dtype), _fold(b.conv2, b.bn2, dtype), b.stride,
+                               _fold(b.conv3, b.bn3, dtype), down))
+        stem = [_fold(visual.conv1, visual.bn1, torch.float32), _fold(visual.conv2, visual.bn2, dtype),
+                _fold(visual.conv3, visual.bn3, dtype)]
     trunk = (stem, visual.avgpool.kernel_size, blocks)
     visual.__dict__['_uiqa_folded'] = (key, trunk)
     return trunk
