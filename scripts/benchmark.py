@@ -13,8 +13,8 @@ pass of each contestant in turn, repeated), so that a busy machine slows all ali
 ratio to pyiqa comes from these interleaved runs. Our side scores pyiqa's five prompt
 pairs (``attributes: pyiqa``) like pyiqa does. Per contestant: images/s, GFLOP per image
 (torch's FlopCounterMode), achieved GFLOP/s against a matmul roofline measured here in the
-same dtype (timed between the contestants in every round), peak memory (CUDA: allocator
-peak; CPU: resident growth of one pass in a fresh process). It also times
+same dtype (timed between the contestants in every round), peak memory of a pass beyond the
+model (CUDA: allocator peak; CPU: C-heap bytes in use, sampled). It also times
 ``score_paths`` end to end from JPEG files (decode included).
 ``train`` times optimization steps of CLIP-UIQA (learned prompts, three views: 1024 x 768
 image, 384^2 fragments, 448^2 salient; frozen CLIP) per precision and batch size.
@@ -26,12 +26,14 @@ Weights: ``--weights`` (an OpenAI-format RN50 file), else a random RN50 written 
 format (speed does not depend on the values). Progress goes to stderr, results to stdout.
 """
 import argparse
+import ctypes
 import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -99,64 +101,63 @@ def matmul_roofline(device, precision, size=None, repeats=5):
     return 2 * size ** 3 / best / 1e9
 
 
-class CudaPeakMemory:
-    """Peak CUDA memory allocated during a block, in MiB (None on CPU: see cpu_peak_memory)."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks',
+                                                     'fsmblks', 'uordblks', 'fordblks', 'keepcost')]
+
+
+def _heap_in_use():
+    """Bytes the C heap has handed out and not taken back (glibc mallinfo2), or None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        return None
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+class PeakMemory:
+    """Peak memory in use during a block beyond what was in use before, in MiB.
+
+    CUDA: the caching allocator's peak. CPU: the C heap's bytes in use (glibc mallinfo2, where
+    PyTorch's CPU tensors live), sampled every millisecond: unlike the RSS it does not count
+    memory freed earlier and kept by the allocator. None where neither is available.
+    """
 
     def __init__(self, device):
+        self.cuda = torch.device(device).type == 'cuda'
         self.device = device
         self.mib = None
 
+    def _sample(self):
+        while not self._stop.wait(0.001):
+            self._peak = max(self._peak, _heap_in_use())
+
     def __enter__(self):
-        if torch.device(self.device).type == 'cuda':
+        if self.cuda:
             sync(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = _heap_in_use()
+            if self._base is not None:
+                self._peak = self._base
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._sample, daemon=True)
+                self._thread.start()
         return self
 
     def __exit__(self, *exc):
-        if torch.device(self.device).type == 'cuda':
+        if self.cuda:
             sync(self.device)
-            self.mib = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2 ** 20
+        elif self._base is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _heap_in_use())
+            self.mib = (self._peak - self._base) / 2 ** 20
         return False
-
-
-def _proc_status_kib(field):
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1])
-    raise OSError(f'no {field} in /proc/self/status')
-
-
-def _memory_probe(queue, spec):
-    """In a fresh process: build one contestant, then the peak resident growth of its first pass, in MiB."""
-    try:
-        model = build_contestant(**spec['build'])
-        x = make_images(spec['batch_size'], spec['size'])
-        base = _proc_status_kib('VmRSS')
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # resets the peak (VmHWM) to the current RSS
-        with torch.inference_mode():
-            model(x)
-        queue.put((_proc_status_kib('VmHWM') - base) / 1024)
-    except Exception as exc:  # no /proc (not Linux), no permission: no number
-        queue.put(f'{type(exc).__name__}: {exc}')
-
-
-def cpu_peak_memory(build, batch_size, size):
-    """Extra resident memory (MiB) of one scoring pass, measured in a fresh process so that memory
-    freed earlier and kept by the allocator does not hide it; includes one-time caches (text
-    features, folded weights). None where it cannot be measured (non-Linux)."""
-    import multiprocessing as mp
-    ctx = mp.get_context('spawn')
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_memory_probe, args=(queue, {'build': build, 'batch_size': batch_size, 'size': size}))
-    proc.start()
-    result = queue.get()
-    proc.join()
-    if isinstance(result, str):
-        progress(f'no CPU memory figure: {result}')
-        return None
-    return result
 
 
 def flops_per_image(fn, batch):
@@ -235,9 +236,7 @@ def bench_score(args, weights, results):
         sys.exit('benchmark: --peer require, but pyiqa is not importable in this Python')
     elif args.peer != 'off':
         progress('pyiqa is not installed here: no peer comparison (see --peer)')
-    builds = {name: {'name': name, 'precision': p, 'weights': weights, 'attributes': args.attributes, 'device': device}
-              for name, p in specs.items()}
-    contestants = {name: (p, build_contestant(**builds[name])) for name, p in specs.items()}
+    contestants = {name: (p, build_contestant(name, p, weights, args.attributes, device)) for name, p in specs.items()}
 
     def run(model, batch_size):
         with torch.inference_mode():
@@ -259,7 +258,7 @@ def bench_score(args, weights, results):
                 flops[name] = flops_per_image(model, images[:1].to(device))
         for repeat in range(args.repeats):
             for name, (precision, model) in contestants.items():  # interleaved: all contestants per repeat
-                with CudaPeakMemory(device) as peak:
+                with PeakMemory(device) as peak:
                     start = time.perf_counter()
                     run(model, batch_size)
                     times[name].append(time.perf_counter() - start)
@@ -270,10 +269,6 @@ def bench_score(args, weights, results):
                 rooflines[precision] = max(rooflines[precision], matmul_roofline(device, precision, repeats=2))
             progress(f'batch {batch_size} repeat {repeat + 1}/{args.repeats}: matmul roofline GFLOP/s so far '
                      + ', '.join(f'{p} {v:.0f}' for p, v in rooflines.items()))
-        if torch.device(device).type != 'cuda' and args.cpu_memory:
-            for name in contestants:
-                progress(f'batch {batch_size}: peak memory of {name} (fresh process)')
-                memory[name] = cpu_peak_memory(builds[name], batch_size, args.size)
         for name, (precision, _) in contestants.items():
             best = min(times[name])
             rate = len(images) / best
@@ -387,7 +382,7 @@ def bench_train(args, weights, results):
             step(precision)
         for i in range(args.iters):
             for precision in nets:  # interleaved
-                with CudaPeakMemory(device) as peak:
+                with PeakMemory(device) as peak:
                     start = time.perf_counter()
                     step(precision)
                     times[precision].append(time.perf_counter() - start)
@@ -514,8 +509,6 @@ def main(argv=None):
                         help="deviation: CLIP weights (default: the calibrated tiny demo CLIP; 'none' = random)")
     parser.add_argument('--deviation-attributes', dest='dev_attributes', default='quality,look,feel',
                         help='deviation: attributes scored (default quality,look,feel)')
-    parser.add_argument('--no-cpu-memory', dest='cpu_memory', action='store_false',
-                        help='skip the CPU peak-memory probes (each builds the model again in a fresh process)')
     parser.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s choice)')
     parser.add_argument('--json', default=None, metavar='PATH', help='also write all results as JSON to PATH')
     args = parser.parse_args(argv)

@@ -394,12 +394,13 @@ class ClipBackbone(nn.Module):
 
         Same computation as CLIP's text tower: + positional embedding -> causal transformer
         -> ln_final -> EOT token -> projection. Returns unit-norm (M, D). With a low
-        ``precision`` the transformer blocks run under autocast, the rest in fp32.
+        ``precision`` the transformer blocks run under autocast on CUDA, the rest in fp32 (on
+        CPU the text tower stays fp32: its bf16 backward measured 1.7x slower than fp32).
         """
         text = self._text
         cast_dtype = text.transformer.get_cast_dtype()
         x = embeddings.to(cast_dtype) + text.positional_embedding.to(cast_dtype)
-        if precision != 'fp32':
+        if precision != 'fp32' and x.device.type == 'cuda':
             with autocast(precision, x.device):
                 x = text.transformer(x, attn_mask=text.attn_mask)
             with full_precision(x.device):

@@ -78,7 +78,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         head: 'auto' (regressor unless one attribute and no concat), 'regressor' or 'none'.
         finetune_clip: dotted parts of the open_clip model to train (e.g. ['visual.layer4']); default none.
         clip_model, clip_pretrained, keep_pos_embed, input_normalized, quick_gelu, precision: as for CLIPIQA;
-            with a low precision, learned prompts also run CLIP's text blocks under autocast while training.
+            with a low precision on CUDA, learned prompts also run CLIP's text blocks under autocast in training.
 
     forward(views): dict {view: (N, 3, H, W)} (or one tensor when there is one view) -> (N, 1)
     with a head, else (N, P) probabilities in [0, 1].
