@@ -20,15 +20,21 @@ def default_device():
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
-def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, **kwargs):
+def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
+                  **kwargs):
     """A ready-to-call zero-shot CLIP-IQA model in eval mode on ``device``.
 
     attributes: names, presets or ``"positive|negative"`` pairs (see ``uiqa_plugin.prompts``).
     The returned module maps RGB images (N, 3, H, W) in [0, 1] to (N, P) scores in [0, 1];
-    ``metric.attribute_names`` names the columns. Other keyword arguments go to ``CLIPIQA``.
+    ``metric.attribute_names`` names the columns. precision: 'fp32' (default, the reference numbers),
+    'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
+    Other keyword arguments go to ``CLIPIQA``.
     """
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
-    metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained, **kwargs)
+    from uiqa_plugin.clip_precision import check_precision
+    check_precision(precision, device or default_device())  # fp16 on a CPU fails here, before CLIP loads
+    metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained,
+                     precision=precision, **kwargs)
     return metric.to(device or default_device()).eval()
 
 
