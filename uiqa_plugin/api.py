@@ -39,7 +39,7 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
 
 
 def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, quick_gelu=None,
-                       trust=False):
+                       trust=False, precision=None):
     """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
 
     The checkpoint carries the arch options (``network_g``, with absolute CLIP paths) and the
@@ -49,6 +49,7 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     (``params_ema``) when the run kept an average, as its validation used them.
 
     trust: allow a file that needs full unpickling (it may run code); never the default.
+    quick_gelu, precision: override what the checkpoint recorded (None: keep it).
     Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable or refused files.
     """
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -76,6 +77,8 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
                          ' / '.join(f'{k}=' for k, _ in missing) + ' (load_trained_model)')
     if quick_gelu is not None:  # else the activation the checkpoint recorded (or the weights' rule)
         options['quick_gelu'] = quick_gelu
+    if precision is not None:  # else the precision it was trained with
+        options['precision'] = precision
     model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:
