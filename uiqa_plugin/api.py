@@ -20,20 +20,26 @@ def default_device():
     return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
-def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, **kwargs):
+def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
+                  **kwargs):
     """A ready-to-call zero-shot CLIP-IQA model in eval mode on ``device``.
 
     attributes: names, presets or ``"positive|negative"`` pairs (see ``uiqa_plugin.prompts``).
     The returned module maps RGB images (N, 3, H, W) in [0, 1] to (N, P) scores in [0, 1];
-    ``metric.attribute_names`` names the columns. Other keyword arguments go to ``CLIPIQA``.
+    ``metric.attribute_names`` names the columns. precision: 'fp32' (default, the reference numbers),
+    'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
+    Other keyword arguments go to ``CLIPIQA``.
     """
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
-    metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained, **kwargs)
+    from uiqa_plugin.clip_precision import check_precision
+    check_precision(precision, device or default_device())  # fp16 on a CPU fails here, before CLIP loads
+    metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained,
+                     precision=precision, **kwargs)
     return metric.to(device or default_device()).eval()
 
 
 def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained=None, quick_gelu=None,
-                       trust=False):
+                       trust=False, precision=None):
     """A trained model (CLIP-IQA+, CLIP-UIQA) from one of our checkpoints, in eval mode.
 
     The checkpoint carries the arch options (``network_g``, with absolute CLIP paths) and the
@@ -43,6 +49,7 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     (``params_ema``) when the run kept an average, as its validation used them.
 
     trust: allow a file that needs full unpickling (it may run code); never the default.
+    quick_gelu, precision: override what the checkpoint recorded (None: keep it).
     Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable or refused files.
     """
     from basicsr.utils.registry import ARCH_REGISTRY
@@ -70,6 +77,8 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
                          ' / '.join(f'{k}=' for k, _ in missing) + ' (load_trained_model)')
     if quick_gelu is not None:  # else the activation the checkpoint recorded (or the weights' rule)
         options['quick_gelu'] = quick_gelu
+    if precision is not None:  # else the precision it was trained with
+        options['precision'] = precision
     model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:

@@ -20,6 +20,7 @@ the class/mean slot kept apart, so a 224 x 224 input reproduces open_clip's own 
 ``keep_pos_embed='stretch_1d'`` reproduces pyiqa's 1-D stretch of the flattened list (its
 512 px CLIP-IQA+ models were trained with it).
 """
+import contextlib
 import copy
 import difflib
 import json
@@ -37,6 +38,9 @@ import torch.nn.functional as F
 import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
+
+from uiqa_plugin.clip_precision import (attention_pool_query, autocast, check_precision, full_precision,
+                                        resnet_trunk_low_precision)
 
 logger = logging.getLogger('basicsr')
 
@@ -536,26 +540,36 @@ def attention_pool(pool, feature_map, keep_pos_embed=False):
     return out[0]
 
 
-def _resnet_forward(visual, x, keep_pos_embed):
+def _resnet_forward(visual, x, keep_pos_embed, precision='fp32'):
+    if precision != 'fp32':  # low-precision trunk, fp32 attention pool (clip_precision)
+        x = resnet_trunk_low_precision(visual, x, precision)
+        h, w = x.shape[-2:]
+        pos = resize_positional_embedding(visual.attnpool.positional_embedding, (h, w), keep_pos_embed) \
+            if keep_pos_embed else None
+        return attention_pool_query(visual.attnpool, x, pos)
     x = visual.stem(x)
     x = visual.layer4(visual.layer3(visual.layer2(visual.layer1(x))))
     return attention_pool(visual.attnpool, x, keep_pos_embed)
 
 
-def _vit_forward(visual, x, keep_pos_embed):
-    x = visual.conv1(x)  # (N, width, gh, gw)
-    gh, gw = x.shape[-2:]
-    x = x.flatten(2).permute(0, 2, 1)
-    cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
-    x = torch.cat([cls, x], dim=1)
-    if keep_pos_embed:
-        x = x + resize_positional_embedding(visual.positional_embedding, (gh, gw), keep_pos_embed).to(x.dtype)
-    x = visual.patch_dropout(x)
-    x = visual.ln_pre(x)
-    x = visual.transformer(x)
-    pooled, _ = visual._pool(x)
-    if visual.proj is not None:
-        pooled = pooled @ visual.proj
+def _vit_forward(visual, x, keep_pos_embed, precision='fp32'):
+    with autocast(precision, x.device):  # patch embedding and blocks; pooling and projection below in fp32
+        x = visual.conv1(x)  # (N, width, gh, gw)
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).permute(0, 2, 1)
+        cls = visual.class_embedding.to(x.dtype).reshape(1, 1, -1).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        if keep_pos_embed:
+            x = x + resize_positional_embedding(visual.positional_embedding, (gh, gw), keep_pos_embed).to(x.dtype)
+        x = visual.patch_dropout(x)
+        x = visual.ln_pre(x)
+        x = visual.transformer(x)
+    if precision != 'fp32':
+        x = x.float()
+    with full_precision(x.device) if precision != 'fp32' else contextlib.nullcontext():
+        pooled, _ = visual._pool(x)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
     return pooled
 
 
@@ -627,8 +641,18 @@ class ClipBackbone(nn.Module):
         std = torch.tensor(CLIP_STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
         return (images - mean) / std
 
-    def encode_image(self, images, keep_pos_embed=False, normalize_features=True):
-        """CLIP-normalized images (N, 3, H, W), any H and W -> features (N, D), unit norm by default."""
+    def encode_image(self, images, keep_pos_embed=False, normalize_features=True, precision='fp32'):
+        """CLIP-normalized images (N, 3, H, W), any H and W -> features (N, D), unit norm by default.
+
+        precision: 'fp32' (the reference), 'bf16' or 'fp16' (CUDA only) for the heavy layers;
+        see ``clip_precision``. Features come out in fp32 for the low precisions.
+        """
+        check_precision(precision, images.device)
+        if precision != 'fp32':
+            images = images.float()  # the trunk casts once, after folding; the pool reads fp32
+            feats = self._image_forward(self.model.visual, images, keep_pos_embed, precision)
+            with full_precision(images.device):
+                return F.normalize(feats.float(), dim=-1) if normalize_features else feats.float()
         feats = self._image_forward(self.model.visual, images.to(self.dtype), keep_pos_embed)
         return F.normalize(feats, dim=-1) if normalize_features else feats
 
@@ -646,7 +670,8 @@ class ClipBackbone(nn.Module):
         key = (tuple(texts), self.device, self.dtype)
         feats = self._text_cache.get(key)
         if feats is None:
-            with torch.no_grad():
+            # Never an inference tensor (scoring may run under inference_mode): training reuses the cache.
+            with torch.inference_mode(False), torch.no_grad():
                 feats = self.encode_text(texts)
             self._text_cache[key] = feats
         return feats
@@ -655,16 +680,28 @@ class ClipBackbone(nn.Module):
         """Token ids (M, L) -> input embeddings (M, L, width), for learned prompts."""
         return self._text.token_embedding(tokens)
 
-    def encode_text_embeddings(self, embeddings, eot_index):
+    def encode_text_embeddings(self, embeddings, eot_index, precision='fp32'):
         """Text features from input embeddings (M, L, width) with the EOT token at ``eot_index`` (M,).
 
         Same computation as CLIP's text tower: + positional embedding -> causal transformer
-        -> ln_final -> EOT token -> projection. Returns unit-norm (M, D).
+        -> ln_final -> EOT token -> projection. Returns unit-norm (M, D). With a low
+        ``precision`` the transformer blocks run under autocast on CUDA, the rest in fp32 (on
+        CPU the text tower stays fp32: its bf16 backward measured 1.7x slower than fp32).
         """
         text = self._text
         cast_dtype = text.transformer.get_cast_dtype()
         x = embeddings.to(cast_dtype) + text.positional_embedding.to(cast_dtype)
+        if precision != 'fp32' and x.device.type == 'cuda':
+            with autocast(precision, x.device):
+                x = text.transformer(x, attn_mask=text.attn_mask)
+            with full_precision(x.device):
+                return self._text_head(x.float(), eot_index)
         x = text.transformer(x, attn_mask=text.attn_mask)
+        return self._text_head(x, eot_index)
+
+    def _text_head(self, x, eot_index):
+        """Transformer output (M, L, width) -> unit-norm features (M, D): ln_final, EOT token, projection."""
+        text = self._text
         x = text.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot_index]
         proj = text.text_projection

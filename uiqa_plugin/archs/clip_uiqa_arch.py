@@ -19,6 +19,7 @@ from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
+from uiqa_plugin.clip_precision import check_precision
 from uiqa_plugin.prompts import resolve_attributes
 
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -76,7 +77,8 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         aggregation: 'mean' | 'concat' | 'learned' | 'attention' over views.
         head: 'auto' (regressor unless one attribute and no concat), 'regressor' or 'none'.
         finetune_clip: dotted parts of the open_clip model to train (e.g. ['visual.layer4']); default none.
-        clip_model, clip_pretrained, keep_pos_embed, input_normalized, quick_gelu: as for CLIPIQA.
+        clip_model, clip_pretrained, keep_pos_embed, input_normalized, quick_gelu, precision: as for CLIPIQA;
+            with a low precision on CUDA, learned prompts also run CLIP's text blocks under autocast in training.
 
     forward(views): dict {view: (N, 3, H, W)} (or one tensor when there is one view) -> (N, 1)
     with a head, else (N, P) probabilities in [0, 1].
@@ -84,8 +86,10 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
 
     def __init__(self, views=VIEW_NAMES, attributes='quality', prompt='learned', prompt_opt=None,
                  aggregation='mean', head='auto', finetune_clip=(), clip_model='RN50', clip_pretrained='openai',
-                 keep_pos_embed=False, input_normalized=True, quick_gelu=None, ensemble='mean_prob'):
+                 keep_pos_embed=False, input_normalized=True, quick_gelu=None, ensemble='mean_prob',
+                 precision='fp32'):
         super().__init__()
+        self.precision = check_precision(precision)
         views = [views] if isinstance(views, str) else list(views)
         unknown = [v for v in views if v not in VIEW_NAMES]
         if unknown or not views or len(set(views)) != len(views):
@@ -157,8 +161,12 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         """
         if self.prompt_learner is None and not self.clip.text_trains:
             return self.clip.text_features(self.prompts)
-        encode = self.prompt_learner if self.prompt_learner is not None else \
-            (lambda: self.clip.encode_text(self.prompts))
+        if self.prompt_learner is not None:
+            def encode():
+                return self.prompt_learner(precision=self.precision)
+        else:
+            def encode():
+                return self.clip.encode_text(self.prompts)
         if torch.is_grad_enabled():
             return encode()
         key = (id(self.clip),) + tuple((p._version, p.data_ptr()) for p in self._trained_text_inputs())
@@ -184,7 +192,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
                 x = inputs[name]
                 if not self.input_normalized:
                     x = self.clip.normalize(x)
-                feats.append(self.clip.encode_image(x, keep_pos_embed=self.keep_pos_embed))
+                feats.append(self.clip.encode_image(x, keep_pos_embed=self.keep_pos_embed, precision=self.precision))
         return torch.stack(feats, dim=1)
 
     def view_probabilities(self, features, text):
@@ -198,7 +206,10 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         features = self.encode_views(inputs)
         probs = self.view_probabilities(features, self.text_features())
         pooled = self.aggregation(probs, features)
-        score = self.regressor(pooled) if self.regressor is not None else pooled
+        score = pooled
+        if self.regressor is not None:
+            # Probabilities are fp32 even in a .half() model (clip_scoring): the head takes its own dtype.
+            score = self.regressor(pooled.to(self.regressor.linear_1.weight.dtype))
         if return_details:
             return score, {'view_probs': probs, 'pooled': pooled}
         return score

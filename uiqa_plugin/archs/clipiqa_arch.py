@@ -6,6 +6,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
+from uiqa_plugin.clip_precision import check_precision
 from uiqa_plugin.prompts import resolve_attributes
 
 
@@ -24,13 +25,16 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         ensemble: how phrasings of one attribute combine, ``mean_prob`` or ``mean_logit``.
         quick_gelu: CLIP's MLP activation; None picks it from the weights (QuickGELU for OpenAI's
             and every RN50 weight set; see ``clip_backbone.resolve_quick_gelu``), True/False forces it.
+        precision: ``fp32`` (the reference), ``bf16`` or ``fp16`` (CUDA only) for the image tower's heavy
+            layers; the attention pool, projections and probabilities stay fp32 (``uiqa_plugin.clip_precision``).
 
     forward: (N, 3, H, W), any H and W -> (N, P) probabilities in [0, 1], one column per attribute.
     """
 
     def __init__(self, attributes='quality', clip_model='RN50', clip_pretrained='openai', keep_pos_embed=False,
-                 input_normalized=False, ensemble='mean_prob', quick_gelu=None):
+                 input_normalized=False, ensemble='mean_prob', quick_gelu=None, precision='fp32'):
         super().__init__()
+        self.precision = check_precision(precision)
         self.attributes = resolve_attributes(attributes)
         self._attach_clip(load_clip(clip_model, clip_pretrained, quick_gelu=quick_gelu))
         self.keep_pos_embed = check_pos_embed_mode(keep_pos_embed)
@@ -54,7 +58,7 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         """(N, 3, H, W) -> unit-norm features (N, D): one pass of the image tower for all attributes."""
         if not self.input_normalized:
             images = self.clip.normalize(images)
-        return self.clip.encode_image(images, keep_pos_embed=self.keep_pos_embed)
+        return self.clip.encode_image(images, keep_pos_embed=self.keep_pos_embed, precision=self.precision)
 
     def scores_from_features(self, image_features):
         """(N, D) image features -> (N, P) attribute probabilities, with all 2K prompts encoded in one cached batch."""

@@ -112,5 +112,5 @@ class PromptLearner(SharedClipMixin, nn.Module):
             layouts.append(['SOS'] + body + rest + ['EOT'] + ['PAD'] * (len(ids) - eot - 1))
         return layouts
 
-    def forward(self):
-        return self.clip.encode_text_embeddings(self.prompt_embeddings(), self.eot_index)
+    def forward(self, precision='fp32'):
+        return self.clip.encode_text_embeddings(self.prompt_embeddings(), self.eot_index, precision)

@@ -299,11 +299,16 @@ class IQAModel(BaseModel):
         self.optimizer_g.zero_grad(set_to_none=True)
         pred = self.net_g(self.inputs)
         total, terms = self.loss_set(pred, self._match_target(pred))
-        total.backward()
+        if not hasattr(self, 'grad_scaler'):  # fp16 gradients underflow unless the loss is scaled; a no-op otherwise
+            fp16 = self.opt['network_g'].get('precision') == 'fp16'
+            self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.grad_scaler.scale(total).backward()
         clip_norm = self.opt['train'].get('grad_clip_norm')
         if clip_norm:
+            self.grad_scaler.unscale_(self.optimizer_g)
             torch.nn.utils.clip_grad_norm_(self.net_g.parameters(), clip_norm)
-        self.optimizer_g.step()
+        self.grad_scaler.step(self.optimizer_g)
+        self.grad_scaler.update()
         if self.ema is not None:
             self.ema.update(self.get_bare_model(self.net_g))
         terms = OrderedDict(terms)

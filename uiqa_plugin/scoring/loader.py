@@ -146,7 +146,7 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     def run(batch):
         inputs = {v: to_input([sample_views[v] for _, sample_views in batch]) for v in names}
         try:
-            with torch.no_grad():
+            with torch.inference_mode():  # caches (text, folded weights) are built outside, see clip_precision
                 out = model(inputs if len(names) > 1 else inputs[names[0]]).float().cpu()
         except RuntimeError as exc:  # one huge image must not end the run: retry alone, else skip it
             if not _out_of_memory(exc):

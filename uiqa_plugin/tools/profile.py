@@ -92,7 +92,8 @@ def _build_metric(args, attributes):
         warnings.simplefilter('default')  # show the random-weights warning once, not as an error
         return uiqa_plugin.create_metric(attributes, clip_model=args.clip_model,
                                          clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
-                                         ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu)
+                                         ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu,
+                                         precision=args.precision)
 
 
 def _pretrained(value):
@@ -352,7 +353,8 @@ def cmd_sensitivity(args):
         results, failures = score_phrasings(attributes, args.inputs, clip_model=args.clip_model,
                                             clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
                                             batch_size=args.batch_size, strict=args.strict,
-                                            progress=not args.no_progress, quick_gelu=args.quick_gelu)
+                                            progress=not args.no_progress, quick_gelu=args.quick_gelu,
+                                            precision=args.precision)
     for path, message in failures:
         _say('sensitivity', f'skipped {message if message.startswith(path) else f"{path}: {message}"}')
     if not results or not results[0].paths:
