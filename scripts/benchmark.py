@@ -80,7 +80,7 @@ def machine_facts(device):
     return facts
 
 
-DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+DTYPES = {'fp32': torch.float32, 'fp32-fused': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def matmul_roofline(device, precision, size=None, repeats=5):
@@ -481,8 +481,9 @@ def main(argv=None):
                         help='score: zero-shot throughput (+ pyiqa peer); train: CLIP-UIQA steps; '
                              'deviation: low precision vs fp32 scores; all: score and train')
     parser.add_argument('--device', default='cuda' if cuda else 'cpu', help='torch device (default: cuda if present)')
-    parser.add_argument('--precisions', nargs='+', default=['fp32', 'bf16', 'fp16'] if cuda else ['fp32', 'bf16'],
-                        choices=['fp32', 'bf16', 'fp16'], help='precisions to run (fp16 only on CUDA)')
+    parser.add_argument('--precisions', nargs='+',
+                        default=['fp32', 'fp32-fused', 'bf16', 'fp16'] if cuda else ['fp32', 'fp32-fused', 'bf16'],
+                        choices=['fp32', 'fp32-fused', 'bf16', 'fp16'], help='precisions to run (fp16 only on CUDA)')
     parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 16, 64] if cuda else [1, 4],
                         help='scoring batch sizes (default: 1 4 on CPU, 1 16 64 on CUDA)')
     parser.add_argument('--images', type=int, default=64 if cuda else 4,

@@ -70,6 +70,30 @@ def test_fp32_is_bit_identical_to_the_reference_computation(calibrated_metric):
         assert torch.equal(explicit(images), expected)
 
 
+def test_fp32_fused_is_the_same_arithmetic_in_another_order(calibrated_metric):
+    # folded BatchNorm, channels_last and the single-query pool in float32: only rounding order differs
+    images = smooth_images(6)
+    reference, fused = calibrated_metric(), calibrated_metric(precision='fp32-fused')
+    with torch.no_grad():
+        expected, got = reference(images), fused(images)
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)  # it does take the other path
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_training_step_under_fp32_fused_matches_fp32_gradients(tiny_clip_files):
+    from uiqa_plugin.clip_backbone import clear_shared_clip
+    batch = {'image': smooth_images(4, seed=1) - 0.5, 'fragments': smooth_images(4, 32, 32, seed=2) - 0.5}
+    target = torch.rand(4, 1, generator=torch.Generator().manual_seed(3))
+    grads = {}
+    for precision in ('fp32', 'fp32-fused'):
+        clear_shared_clip()
+        net = _uiqa(tiny_clip_files, precision, finetune_clip=['visual.layer4']).train()
+        F.mse_loss(net(batch), target).backward()
+        grads[precision] = torch.cat([p.grad.flatten() for p in net.parameters() if p.requires_grad])
+    clear_shared_clip()
+    assert torch.allclose(grads['fp32-fused'], grads['fp32'], rtol=1e-3, atol=1e-6)
+
+
 @pytest.mark.parametrize('grid', [(1, 1), (3, 5), (7, 7)])
 @pytest.mark.parametrize('with_pos', [False, True])
 def test_single_query_attention_pool_equals_full_attention(calibrated_metric, grid, with_pos):
@@ -149,7 +173,7 @@ def test_fp16_needs_cuda_and_unknown_names_fail(tiny_clip_files, calibrated_metr
     with pytest.raises(ValueError, match="'fp16' needs a CUDA device.*bf16"):
         create_metric('quality', clip_model=tiny_clip_files['config'], clip_pretrained=tiny_clip_files['openai'],
                       device='cpu', precision='fp16')
-    with pytest.raises(ValueError, match='precision must be one of fp32, bf16, fp16'):
+    with pytest.raises(ValueError, match='precision must be one of fp32, fp32-fused, bf16, fp16'):
         calibrated_metric(precision='int8')
     from basicsr.utils.registry import ARCH_REGISTRY
     net = ARCH_REGISTRY.get('CLIPIQA')(clip_model=tiny_clip_files['config'], clip_pretrained=tiny_clip_files['openai'],

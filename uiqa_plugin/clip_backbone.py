@@ -39,7 +39,7 @@ import open_clip
 from open_clip.modified_resnet import ModifiedResNet
 from open_clip.transformer import VisionTransformer
 
-from uiqa_plugin.clip_precision import (attention_pool_query, autocast, check_precision, full_precision,
+from uiqa_plugin.clip_precision import (attention_pool_query, autocast, check_precision, compute_dtype, full_precision,
                                         resnet_trunk_low_precision)
 
 logger = logging.getLogger('basicsr')
@@ -644,8 +644,8 @@ class ClipBackbone(nn.Module):
     def encode_image(self, images, keep_pos_embed=False, normalize_features=True, precision='fp32'):
         """CLIP-normalized images (N, 3, H, W), any H and W -> features (N, D), unit norm by default.
 
-        precision: 'fp32' (the reference), 'bf16' or 'fp16' (CUDA only) for the heavy layers;
-        see ``clip_precision``. Features come out in fp32 for the low precisions.
+        precision: 'fp32' (the reference), 'fp32-fused' (folded ResNet trunk), 'bf16' or 'fp16'
+        (CUDA only) for the heavy layers; see ``clip_precision``. Features come out in fp32.
         """
         check_precision(precision, images.device)
         if precision != 'fp32':
@@ -691,7 +691,7 @@ class ClipBackbone(nn.Module):
         text = self._text
         cast_dtype = text.transformer.get_cast_dtype()
         x = embeddings.to(cast_dtype) + text.positional_embedding.to(cast_dtype)
-        if precision != 'fp32' and x.device.type == 'cuda':
+        if compute_dtype(precision) != torch.float32 and x.device.type == 'cuda':
             with autocast(precision, x.device):
                 x = text.transformer(x, attn_mask=text.attn_mask)
             with full_precision(x.device):

@@ -20,9 +20,11 @@ def add_clip_arguments(parser):
     parser.add_argument('--quick-gelu', action=argparse.BooleanOptionalAction, default=None,
                         help="force CLIP's MLP activation; without either flag it is picked from the weights "
                              "(QuickGELU for OpenAI's and every RN50 weight set) and logged")
-    parser.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
-                        help="image tower precision: fp32 gives the reference's numbers; bf16 is faster on "
-                             'CPUs with bf16 units and GPUs (measured deviations: README, Precision); fp16 on CUDA only')
+    parser.add_argument('--precision', choices=('fp32', 'fp32-fused', 'bf16', 'fp16'), default='fp32',
+                        help="image tower arithmetic: fp32 is the reference computation; fp32-fused folds the "
+                             'ResNet trunk (same float32 type, another operation order); bf16 is fastest on CPUs '
+                             'with bf16 units and GPUs; fp16 on CUDA only (measured deviations: README, '
+                             '"Speed and precision")')
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward pass (equal sizes batch together)')
