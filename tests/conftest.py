@@ -90,3 +90,24 @@ def sr_data(demo_data, tmp_path_factory):
                            '--out', str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
+
+
+@pytest.fixture
+def uiqa_checkpoint_factory(tiny_clip_files, tmp_path):
+    """Write a CLIP-UIQA checkpoint (learned view weights drawn with seed 3) for given view options.
+
+    Returns make(views) -> (checkpoint path, the network it holds).
+    """
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    def make(views):
+        options = {'type': 'CLIPUIQA', 'attributes': 'quality,sharpness', 'aggregation': 'learned',
+                   'clip_model': tiny_clip_files['config'], 'clip_pretrained': tiny_clip_files['openai']}
+        torch.manual_seed(3)
+        net = ARCH_REGISTRY.get('CLIPUIQA')(**{k: v for k, v in options.items() if k != 'type'})
+        with torch.no_grad():
+            net.aggregation.view_logits.normal_()
+        path = tmp_path / 'uiqa.pth'
+        torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': views}, path)
+        return str(path), net
+    return make

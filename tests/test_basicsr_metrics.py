@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from basicsr.metrics import calculate_metric
-from basicsr.utils.registry import ARCH_REGISTRY, METRIC_REGISTRY
+from basicsr.utils.registry import METRIC_REGISTRY
 from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
 from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic
 from uiqa_plugin.metrics.clipiqa_metric import calculate_clipiqa, calculate_uiqa_checkpoint, clear_model_cache
@@ -127,17 +127,9 @@ def test_one_number_per_metric(clip_opts):
 
 
 @pytest.fixture
-def uiqa_checkpoint(tiny_clip_files, tmp_path):
-    views = {'image': {}, 'fragments': {'grid': 2, 'patch': 16}, 'salient': {'size': 32}}
-    options = {'type': 'CLIPUIQA', 'attributes': 'quality,sharpness', 'aggregation': 'learned',
-               'clip_model': tiny_clip_files['config'], 'clip_pretrained': tiny_clip_files['openai']}
-    torch.manual_seed(3)
-    net = ARCH_REGISTRY.get('CLIPUIQA')(**{k: v for k, v in options.items() if k != 'type'})
-    with torch.no_grad():
-        net.aggregation.view_logits.normal_()
-    path = tmp_path / 'uiqa.pth'
-    torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': views}, path)
-    return str(path), net.eval()
+def uiqa_checkpoint(uiqa_checkpoint_factory):
+    path, net = uiqa_checkpoint_factory({'image': {}, 'fragments': {'grid': 2, 'patch': 16}, 'salient': {'size': 32}})
+    return path, net.eval()
 
 
 def test_checkpoint_metric_builds_the_checkpoints_views(uiqa_checkpoint):

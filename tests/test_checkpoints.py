@@ -24,16 +24,8 @@ def normalize(img):
 
 
 @pytest.fixture
-def uiqa_checkpoint(tiny_clip_files, tmp_path):
-    options = {'type': 'CLIPUIQA', 'attributes': 'quality,sharpness', 'aggregation': 'learned',
-               'clip_model': tiny_clip_files['config'], 'clip_pretrained': tiny_clip_files['openai']}
-    torch.manual_seed(3)
-    net = ARCH_REGISTRY.get('CLIPUIQA')(**{k: v for k, v in options.items() if k != 'type'})
-    with torch.no_grad():
-        net.aggregation.view_logits.normal_()
-    path = tmp_path / 'uiqa.pth'
-    torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': VIEWS}, path)
-    return str(path), net
+def uiqa_checkpoint(uiqa_checkpoint_factory):
+    return uiqa_checkpoint_factory(VIEWS)
 
 
 def test_score_with_a_trained_uiqa_checkpoint(uiqa_checkpoint, tiny_clip_files, tmp_path):

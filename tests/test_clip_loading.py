@@ -1,5 +1,4 @@
 """Loading CLIP weights the way users have them, and the errors when that fails."""
-import warnings
 
 import pytest
 import torch

@@ -4,7 +4,7 @@ import os.path as osp
 
 import pytest
 
-from test_training import REPO, demo_options, evaluate, last_metric, train, write_yaml
+from test_training import REPO, demo_options, last_metric, train, write_yaml
 from uiqa_plugin.options import OptionError, load_options, validate_options
 
 REAL = sorted(glob.glob(osp.join(REPO, 'options', '*.yml')))

@@ -11,7 +11,7 @@ pairs (``"Vivid photo.|Faded photo."``), comma-separated or as a list. A pair wh
 contain commas goes in double quotes inside the list: ``quality,"A vivid, bright photo.|A dull photo."``.
 """
 import csv
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

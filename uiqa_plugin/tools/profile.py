@@ -93,7 +93,7 @@ def _build_metric(args, attributes):
         return uiqa_plugin.create_metric(attributes, clip_model=args.clip_model,
                                          clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
                                          ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu,
-                                         precision=args.precision)
+                                         precision=args.precision or 'fp32')
 
 
 def _pretrained(value):
@@ -354,7 +354,7 @@ def cmd_sensitivity(args):
                                             clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
                                             batch_size=args.batch_size, strict=args.strict,
                                             progress=not args.no_progress, quick_gelu=args.quick_gelu,
-                                            precision=args.precision)
+                                            precision=args.precision or 'fp32')
     for path, message in failures:
         _say('sensitivity', f'skipped {message if message.startswith(path) else f"{path}: {message}"}')
     if not results or not results[0].paths:

@@ -20,11 +20,11 @@ def add_clip_arguments(parser):
     parser.add_argument('--quick-gelu', action=argparse.BooleanOptionalAction, default=None,
                         help="force CLIP's MLP activation; without either flag it is picked from the weights "
                              "(QuickGELU for OpenAI's and every RN50 weight set) and logged")
-    parser.add_argument('--precision', choices=('fp32', 'fp32-fused', 'bf16', 'fp16'), default='fp32',
+    parser.add_argument('--precision', choices=('fp32', 'fp32-fused', 'bf16', 'fp16'), default=None,
                         help="image tower arithmetic: fp32 is the reference computation; fp32-fused folds the "
                              'ResNet trunk (same float32 type, another operation order); bf16 is fastest on CPUs '
                              'with bf16 units and GPUs; fp16 on CUDA only (measured deviations: README, '
-                             '"Speed and precision")')
+                             '"Speed and precision"; default: fp32, or what a --checkpoint recorded)')
     parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     parser.add_argument('--batch-size', type=int, default=1,
                         help='images per forward pass (equal sizes batch together)')
@@ -94,15 +94,6 @@ def print_attributes():
         print(f'preset {name}: {", ".join(members)}')
 
 
-def print_attributes():
-    from uiqa_plugin.prompts import list_attributes, list_presets
-    for name, attr in list_attributes().items():
-        pairs = '; '.join(f'{p!r} / {n!r}' for p, n in attr.pairs)
-        print(f'{name:14s} [{attr.group}] {pairs}  ({attr.description})')
-    for name, members in list_presets().items():
-        print(f'preset {name}: {", ".join(members)}')
-
-
 def say(message):
     print(printable(f'uiqa-score: {message}'), file=sys.stderr)
 
@@ -141,7 +132,7 @@ def load_model(args, argv, device):
         return uiqa_plugin.create_metric(args.attributes or 'quality', clip_model=args.clip_model,
                                          clip_pretrained=args.clip_pretrained, device=device,
                                          keep_pos_embed=args.keep_pos_embed, quick_gelu=args.quick_gelu,
-                                         precision=args.precision)
+                                         precision=args.precision or 'fp32')
 
 
 def rank_device(args, ranks):
