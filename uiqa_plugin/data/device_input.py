@@ -12,6 +12,8 @@ import torch
 class DeviceInput:
     """Stacked views on the device: uint8 scaled to [0, 1], then normalized by (mean, std) when given."""
 
+    _cache = {}
+
     def __init__(self, device, mean=None, std=None):
         self.device = torch.device(device)
         self.mean = self.inv_std = None
@@ -40,10 +42,17 @@ class DeviceInput:
         """The DeviceInput a dataset batch asks for: its ``device_mean`` / ``device_std`` rows (or none)."""
         mean, std = batch.get('device_mean'), batch.get('device_std')
         if mean is None or std is None:
-            return cls(device)
+            key = (str(torch.device(device)), None)
+            if key not in cls._cache:
+                cls._cache[key] = cls(device)
+            return cls._cache[key]
         mean, std = torch.as_tensor(mean).cpu().float(), torch.as_tensor(std).cpu().float()
         if mean.dim() == 2:  # (B, 3) after collation: one dataset, one normalization
             if not (bool((mean == mean[0]).all()) and bool((std == std[0]).all())):
                 raise ValueError('a batch mixes samples with different device_mean / device_std')
             mean, std = mean[0], std[0]
-        return cls(device, mean.numpy(), std.numpy())
+        key = (str(torch.device(device)), tuple(mean.tolist()), tuple(std.tolist()))
+        found = cls._cache.get(key)
+        if found is None:  # one per device and normalization: no small host-to-device copies per batch
+            found = cls._cache[key] = cls(device, mean.numpy(), std.numpy())
+        return found
