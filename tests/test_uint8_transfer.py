@@ -107,7 +107,8 @@ def test_resized_and_non_8bit_views_stay_float_and_mix_with_uint8(tmp_path):
     resized = make(folder, 'val', {'image': {'size': [16, 20]}}, True)
     assert resized[0]['image'].dtype == torch.float32 and resized[0]['image'].shape == (3, 16, 20)
     resized_old = make(folder, 'val', {'image': {'size': [16, 20]}}, False)
-    assert torch.equal(feed(batch_of(resized, 0), ['image'])['image'], feed(batch_of(resized_old, 0), ['image'])['image'])
+    new_image = feed(batch_of(resized, 0), ['image'])['image']
+    assert torch.equal(new_image, feed(batch_of(resized_old, 0), ['image'])['image'])
     whole = make(folder, 'val', ['image'], True, resize={'size': [16, 20]})
     assert whole[0]['image'].dtype == torch.float32
 
