@@ -13,6 +13,7 @@ from scipy.io import savemat
 import uiqa_plugin  # noqa: F401  (before basicsr)
 from basicsr.data import build_dataset
 from basicsr.utils.registry import DATASET_REGISTRY
+from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.table_io import AnnotationError, read_table
 
@@ -104,12 +105,17 @@ def test_koniq_reads_split_targets_and_views(tmp_path):
     assert train.target_names == ['MOS']
     # meta_file found next to the image folder; val phase -> 'validation'; one view by default
     val = dataset('KonIQ10kDataset', dataroot=str(tmp_path / '1024x768'), phase='val')
-    assert [s['key'] for s in val.samples] == [names[3]] and set(val[0]) == {'image', 'target', 'key', 'path'}
+    assert [s['key'] for s in val.samples] == [names[3]]
+    # the normalization is left to the device (device_normalize, default): the batch carries it
+    assert set(val[0]) == {'image', 'target', 'key', 'path', 'device_mean', 'device_std'}
     assert len(dataset('KonIQ10kDataset', dataroot=str(tmp_path / '1024x768'), phase='test', split='all')) == 5
     # the image view is the RGB file, CLIP-normalized
     raw = np.asarray(Image.open(tmp_path / '1024x768' / names[3]), np.float32) / 255
     mean, std = np.array([0.48145466, 0.4578275, 0.40821073]), np.array([0.26862954, 0.26130258, 0.27577711])
-    np.testing.assert_allclose(val[0]['image'].permute(1, 2, 0).numpy(), (raw - mean) / std, atol=1e-5)
+    item = val[0]
+    assert item['image'].dtype == torch.uint8
+    image = DeviceInput.from_batch('cpu', item).convert(item['image'][None])[0]
+    np.testing.assert_allclose(image.permute(1, 2, 0).numpy(), (raw - mean) / std, atol=1e-5)
 
 
 def test_eval_is_deterministic_and_train_flips(tmp_path):

@@ -14,7 +14,14 @@ Common options (BasicSR style):
     split (a value of the split column, or 'all'), split_ratios ({name: fraction}), split_seed,
     io_backend ({type: disk} | {type: lmdb, db_paths: x.lmdb}), views / transforms,
     resize, use_hflip, use_vflip, mean, std, target_scale, target_range,
-    skip_unreadable (false), check_files (true).
+    skip_unreadable (false), check_files (true), device_normalize (true).
+
+``device_normalize`` (with ``views:``; an explicit ``transforms:`` list keeps its own steps):
+the host does not normalize; a view that is the decoded 8-bit image itself (the ``image``
+view without resize, flipped or not) travels as uint8 (4x fewer bytes), the other views as
+float32 in [0, 1], and the batch carries ``device_mean`` / ``device_std``. ``IQAModel.feed_data``
+scales and normalizes on the device (``DeviceInput``), bit-identical to the host ``Normalize``.
+``false``: every view is normalized float32 on the host, as ``api.view_pipeline`` gives it.
 """
 import os
 import os.path as osp
@@ -30,7 +37,7 @@ PHASES = ('train', 'val', 'test')
 #: options every IQA dataset reads (besides ``extra_option_keys`` of each class)
 BASE_OPTION_KEYS = ('name', 'type', 'phase', 'dataroot', 'meta_file', 'split', 'split_ratios', 'split_seed',
                     'io_backend', 'views', 'transforms', 'resize', 'use_hflip', 'use_vflip', 'mean', 'std',
-                    'target_scale', 'target_range', 'skip_unreadable', 'check_files')
+                    'target_scale', 'target_range', 'skip_unreadable', 'check_files', 'device_normalize')
 #: options BasicSR's runner reads for the data loader
 LOADER_OPTION_KEYS = ('batch_size_per_gpu', 'num_worker_per_gpu', 'dataset_enlarge_ratio', 'prefetch_mode',
                       'pin_memory', 'persistent_workers', 'use_shuffle', 'scale')
@@ -83,8 +90,11 @@ class TargetNormalizer:
 class BaseIQADataset(data.Dataset):
     """Images with (optional) quality targets, returned as named views.
 
-    ``__getitem__`` returns {'image' | 'fragments' | 'salient': float32 (3, h, w), 'target':
-    float32 [T] (normalized), 'key': str, 'path': str}. ``self.target_names`` names the T targets;
+    ``__getitem__`` returns {'image' | 'fragments' | 'salient': (3, h, w), 'target':
+    float32 [T] (normalized), 'key': str, 'path': str}; with ``device_normalize`` (default) the
+    views are uint8 or float32 in [0, 1] and 'device_mean' / 'device_std' (float32 [3]) come along
+    when normalizing (``DeviceInput.from_batch`` turns a batch into the model's input); without
+    it the views are normalized float32. ``self.target_names`` names the T targets;
     ``self.denormalize(pred)`` maps predictions back to the annotation's range.
     """
 
@@ -255,7 +265,8 @@ class BaseIQADataset(data.Dataset):
             specs = view_transform_specs(
                 views=opt.get('views'), train=self.train, io_backend=self.io_backend_opt, resize=opt.get('resize'),
                 use_hflip=opt.get('use_hflip', True), use_vflip=opt.get('use_vflip', False),
-                mean=opt.get('mean', CLIP_MEAN), std=opt.get('std', CLIP_STD))
+                mean=opt.get('mean', CLIP_MEAN), std=opt.get('std', CLIP_STD),
+                on_device=bool(opt.get('device_normalize', True)))
         else:
             specs = [dict(s) for s in specs]
             if not specs or specs[0].get('type') != 'LoadImage':

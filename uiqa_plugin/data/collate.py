@@ -6,7 +6,8 @@ from torch.utils.data import default_collate
 def collate_views(batch):
     """Collate a list of dataset samples like torch's ``default_collate``.
 
-    Tensors of equal shape are stacked ([B, 3, h, w] views, [B, T] targets); strings
+    Tensors of equal shape are stacked ([B, 3, h, w] views, [B, T] targets); a view that is uint8
+    in some samples and float32 in others becomes float32 in [0, 1] for all of them; strings
     ('key', 'path') become lists. When one key holds tensors of different shapes (e.g.
     the full ``image`` view of photos of different sizes) it raises a ValueError naming
     the view, the image keys and their sizes, and the fixes.
@@ -27,6 +28,10 @@ def collate_views(batch):
             shapes = [tuple(v.shape) for v in values]
             if len(set(shapes)) > 1:
                 raise ValueError(_size_mismatch_message(key, batch, shapes))
+            if len({v.dtype for v in values}) > 1:
+                # uint8 views (8-bit images) batched with float ones (16-bit, alpha): all float in [0, 1], exactly
+                # the host's values (float32(x) / 255); stacking would promote uint8 to float without the scaling
+                values = [v.float().div_(255) if v.dtype == torch.uint8 else v for v in values]
             out[key] = torch.stack(values, 0)
         elif isinstance(values[0], str):
             out[key] = values

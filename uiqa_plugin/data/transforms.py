@@ -25,7 +25,8 @@ import torch
 from basicsr.utils import FileClient
 from basicsr.utils.registry import Registry
 
-from uiqa_plugin.data.image_io import ImageReadError, decode_image, image_to_tensor
+from uiqa_plugin.data.image_io import (ImageReadError, decode_pixels, image_to_tensor, pixels_to_rgb_float,
+                                       pixels_to_rgb_uint8)
 from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic, image_size, resize, scaled_size
 
 TRANSFORM_REGISTRY = Registry('transform')
@@ -39,6 +40,12 @@ def _view_keys(sample, keys):
     return list(sample['views']) if keys is None else list(keys)
 
 
+def _set_view(sample, key, value):
+    """Replace a view; its exact uint8 copy (``sample['uint8']``, see LoadImage) no longer matches and goes."""
+    sample['views'][key] = value
+    sample.get('uint8', {}).pop(key, None)
+
+
 @TRANSFORM_REGISTRY.register()
 class LoadImage:
     """Read the sample's image as RGB float32 (H, W, 3) in [0, 1] into ``views[name]``.
@@ -47,9 +54,15 @@ class LoadImage:
     ``{type: lmdb, db_paths: x.lmdb}`` reads the key ``sample['key']`` (the image name as
     written in the meta file). Bytes are decoded by ``decode_image`` either way, so disk
     and LMDB give identical pixels.
+
+    ``keep_uint8``: a plain 8-bit gray or RGB image is also kept as uint8 (H, W, 3) in
+    ``sample['uint8'][name]``; transforms that replace the view drop it (a flip flips it), and
+    ``Collect`` outputs it instead of the float view (4x fewer bytes to the device, where
+    ``DeviceInput`` scales it to exactly the float values).
     """
 
-    def __init__(self, io_backend=None, name='image'):
+    def __init__(self, io_backend=None, name='image', keep_uint8=False):
+        self.keep_uint8 = bool(keep_uint8)
         self.io_backend = dict(io_backend or {'type': 'disk'})
         self.backend = self.io_backend.get('type', 'disk')
         self.name = name
@@ -98,7 +111,12 @@ class LoadImage:
                 buf = self.file_client.get(where)
             except OSError as exc:
                 raise ImageReadError(f'{where}: cannot open file ({exc.strerror or exc})') from exc
-        sample['views'][self.name] = decode_image(bytes(buf), name=where)
+        pixels = decode_pixels(bytes(buf), name=where)
+        _set_view(sample, self.name, pixels_to_rgb_float(pixels))  # exactly decode_image
+        if self.keep_uint8:
+            raw = pixels_to_rgb_uint8(pixels)
+            if raw is not None:
+                sample.setdefault('uint8', {})[self.name] = raw
         return sample
 
     def __repr__(self):
@@ -126,7 +144,7 @@ class Resize:
         for key in _view_keys(sample, self.keys):
             img = sample['views'][key]
             size = self.size or scaled_size(*image_size(img), self.short_side)
-            sample['views'][key] = resize(img, size, self.interpolation)
+            _set_view(sample, key, resize(img, size, self.interpolation))
         return sample
 
     def __repr__(self):
@@ -153,13 +171,15 @@ class RandomFlip:
         do_v = self.vflip and np.random.random() < self.prob
         sample['flip'] = (bool(do_h), bool(do_v))
         if do_h or do_v:
+            raw = sample.get('uint8', {})
             for key in _view_keys(sample, self.keys):
-                img = sample['views'][key]
-                if do_h:
-                    img = img[:, ::-1]
-                if do_v:
-                    img = img[::-1]
-                sample['views'][key] = np.ascontiguousarray(img)
+                for where in (sample['views'], raw) if key in raw else (sample['views'],):
+                    img = where[key]
+                    if do_h:
+                        img = img[:, ::-1]
+                    if do_v:
+                        img = img[::-1]
+                    where[key] = np.ascontiguousarray(img)  # a flip is exact: the uint8 copy stays valid
         return sample
 
     def __repr__(self):
@@ -189,7 +209,7 @@ class Fragment:
             rng = np.random.default_rng(zlib.crc32(str(sample['key']).encode('utf-8')))
         else:
             rng = None
-        sample['views'][self.name] = fragment_mosaic(sample['views'][self.source], self.grid, self.patch, rng=rng)
+        _set_view(sample, self.name, fragment_mosaic(sample['views'][self.source], self.grid, self.patch, rng=rng))
         return sample
 
     def __repr__(self):
@@ -207,7 +227,7 @@ class CenterCrop:
         self.size, self.source, self.name = size, source, name
 
     def __call__(self, sample):
-        sample['views'][self.name] = np.ascontiguousarray(center_crop(sample['views'][self.source], self.size))
+        _set_view(sample, self.name, np.ascontiguousarray(center_crop(sample['views'][self.source], self.size)))
         return sample
 
     def __repr__(self):
@@ -239,7 +259,7 @@ class Normalize:
             # the result is handed back as an HWC view of CHW memory, which Collect turns into a tensor without a copy
             chw = torch.from_numpy(np.ascontiguousarray(sample['views'][key], dtype=np.float32)).permute(2, 0, 1)
             chw = chw.contiguous() if not chw.is_contiguous() else chw.clone()
-            sample['views'][key] = chw.sub_(mean).mul_(inv_std).numpy().transpose(1, 2, 0)
+            _set_view(sample, key, chw.sub_(mean).mul_(inv_std).numpy().transpose(1, 2, 0))
         return sample
 
     def __repr__(self):
@@ -250,21 +270,35 @@ class Normalize:
 class Collect:
     """End of a chain: views -> float32 (3, h, w) tensors under their names, plus target/key/path.
 
-    ``keys``: views to output, in this order (default: all views present).
+    ``keys``: views to output, in this order (default: all views present). A view that still
+    has its exact uint8 copy (``LoadImage(keep_uint8=True)``) comes out as that uint8 (3, h, w).
+    ``device_mean`` / ``device_std``: the normalization left to the device (``DeviceInput``), output
+    as float32 [3] under those names; the views are then in [0, 1] (float) or [0, 255] (uint8).
     """
 
-    def __init__(self, keys=None):
+    def __init__(self, keys=None, device_mean=None, device_std=None):
+        if (device_mean is None) != (device_std is None):
+            raise ValueError('Collect needs both device_mean and device_std, or neither')
         self.keys = keys
+        self.device_mean = None if device_mean is None else np.asarray(device_mean, np.float32).reshape(3)
+        self.device_std = None if device_std is None else np.asarray(device_std, np.float32).reshape(3)
 
     def __call__(self, sample):
         out = {}
+        raw = sample.get('uint8', {})
         for key in _view_keys(sample, self.keys):
             if key not in sample['views']:
                 raise KeyError(f"Collect: view {key!r} was not produced; views present: {list(sample['views'])}")
-            out[key] = image_to_tensor(np.asarray(sample['views'][key], dtype=np.float32))
+            if key in raw:
+                out[key] = torch.from_numpy(np.array(raw[key].transpose(2, 0, 1), order='C'))  # a writable CHW copy
+            else:
+                out[key] = image_to_tensor(np.asarray(sample['views'][key], dtype=np.float32))
         out['target'] = torch.as_tensor(np.asarray(sample['target'], dtype=np.float32).reshape(-1))
         out['key'] = sample['key']
         out['path'] = sample['path']
+        if self.device_mean is not None:
+            out['device_mean'] = torch.from_numpy(self.device_mean.copy())
+            out['device_std'] = torch.from_numpy(self.device_std.copy())
         return out
 
     def __repr__(self):
@@ -324,7 +358,7 @@ def normalize_views_option(views):
 
 
 def view_transform_specs(views=None, train=False, io_backend=None, resize=None, use_hflip=True, use_vflip=False,
-                         mean=CLIP_MEAN, std=CLIP_STD):
+                         mean=CLIP_MEAN, std=CLIP_STD, on_device=False):
     """Expand the ``views:`` shorthand into the full list of transform dicts.
 
     Args:
@@ -336,9 +370,14 @@ def view_transform_specs(views=None, train=False, io_backend=None, resize=None, 
             any view is derived (e.g. SPAQ's shorter side 512).
         use_hflip / use_vflip: flips in training (one decision per sample for all views).
         mean / std: normalization of every view (null: keep [0, 1]).
+        on_device: leave the scaling and normalization to the device (``DeviceInput``): a view
+            that is the decoded 8-bit image itself comes out as uint8, the others in [0, 1], and
+            ``Collect`` adds ``device_mean`` / ``device_std`` (when normalizing) for the device.
     """
     views = normalize_views_option(views)
     specs = [{'type': 'LoadImage', 'io_backend': io_backend}]
+    if on_device:
+        specs[0]['keep_uint8'] = True
     if resize:
         specs.append({'type': 'Resize', 'keys': ['image'], **resize})
     if train and (use_hflip or use_vflip):
@@ -351,6 +390,12 @@ def view_transform_specs(views=None, train=False, io_backend=None, resize=None, 
     if views.get('image'):
         specs.append({'type': 'Resize', 'keys': ['image'], **views['image']})
     names = list(views)
+    if on_device:
+        collect = {'type': 'Collect', 'keys': names}
+        if mean is not None:
+            collect.update(device_mean=mean, device_std=std)
+        specs.append(collect)
+        return specs
     specs.append({'type': 'Normalize', 'mean': mean, 'std': std, 'keys': names})
     specs.append({'type': 'Collect', 'keys': names})
     return specs

@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from uiqa_plugin.checkpoint_io import CheckpointReadError, load_checkpoint, save_checkpoint
+from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
 from uiqa_plugin.optim import build_optimizer, build_scheduler
@@ -278,7 +279,9 @@ class IQAModel(BaseModel):
         if missing:
             raise KeyError(f'the batch has no views {missing} (has {sorted(k for k in data if torch.is_tensor(data[k]))}); '
                            f'the dataset options must produce the views of network_g: {self.views}')
-        self.inputs = {v: data[v].to(self.device, non_blocking=True) for v in self.views}
+        # uint8 views become float on the device; normalization the dataset left to the device happens here
+        to_input = DeviceInput.from_batch(self.device, data)
+        self.inputs = {v: to_input.convert(data[v].to(self.device, non_blocking=True)) for v in self.views}
         target = data.get('target')
         # An image folder without ratings has targets of width 0: predictions only, no metrics.
         has_target = torch.is_tensor(target) and target.numel() > 0

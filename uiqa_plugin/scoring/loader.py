@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.data.image_io import ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8
 from uiqa_plugin.data.image_ops import upsample_to_min
 from uiqa_plugin.data.transforms import Normalize, build_transforms, view_transform_specs
@@ -87,25 +88,6 @@ class ScoreImages(Dataset):
                 view = upsample_to_min(views[name], self.min_side, interpolation='bicubic')
                 out[name] = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32))
         return out
-
-
-class DeviceInput:
-    """Stacked views on the device: uint8 scaled to [0, 1], then normalized by (mean, std) when given."""
-
-    def __init__(self, device, mean=None, std=None):
-        self.device = torch.device(device)
-        self.mean = self.inv_std = None
-        if mean is not None:  # the same float32 constants and operations as transforms.Normalize
-            self.mean = torch.tensor(np.asarray(mean, np.float32), device=self.device).view(1, 3, 1, 1)
-            inv_std = 1.0 / np.asarray(std, np.float32)
-            self.inv_std = torch.from_numpy(inv_std).to(self.device).view(1, 3, 1, 1)
-
-    def __call__(self, tensors):
-        x = torch.stack(tensors)
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        if self.mean is not None:
-            x = x.sub_(self.mean).mul_(self.inv_std)
-        return x
 
 
 def _out_of_memory(exc):
