@@ -29,3 +29,14 @@ def test_every_convert_option_has_help(capsys):
                           ('--attributes ATTRIBUTES', 'one pair per context')]:
         after = text.split(option)[-1]
         assert words in after.split('--')[0], (option, after[:120])
+
+
+@pytest.mark.parametrize('module', ['score', 'profile', 'convert'])
+def test_every_command_help_shows_examples(module, capsys):
+    import importlib
+    main = importlib.import_module(f'uiqa_plugin.tools.{module}').main
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--help'])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert 'examples:' in out and f'uiqa-{module} ' in out.split('examples:')[1]

@@ -128,7 +128,12 @@ def read_source(path, trust=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='uiqa-convert', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='uiqa-convert', description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n'
+               '  uiqa-convert iter_80000.pth clipiqa_plus.pth --attributes quality      # the reference (mmcv)\n'
+               '  uiqa-convert CLIP-IQA+_learned_prompts-603f3273.pth clipiqa_plus.pth   # pyiqa\'s context tensor\n'
+               '  uiqa-score photos/ --checkpoint clipiqa_plus.pth --out scores.csv')
     parser.add_argument('source', help="reference mmcv checkpoint (iter_80000.pth) or pyiqa's learned prompts")
     parser.add_argument('output', help='our checkpoint (.pth)')
     parser.add_argument('--attributes', default='quality', help='one pair per context, in order (default: quality)')

@@ -428,8 +428,14 @@ class _DefaultsFormatter(argparse.HelpFormatter):
 def build_parser():
     fmt = _DefaultsFormatter
     summary = ' '.join(__doc__.split('\n\n')[0].split()).split(': ', 1)[1]
-    parser = argparse.ArgumentParser(prog=PROG, description=summary,
-                                     epilog='Run "uiqa-profile COMMAND -h" for the options of a command.')
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='examples:\n'
+               '  uiqa-profile profile photos/ -a feel --out feel.csv --radar-dir charts/\n'
+               '  uiqa-profile report photos/ -a feel,look --out report.html\n'
+               '  uiqa-profile evaluate ratings.csv photos/ --map aesthetics=aesthetic --out agreement.csv\n'
+               '  uiqa-profile sensitivity photos/ -a feel --matrix\n\n'
+               'Run "uiqa-profile COMMAND -h" for the options of a command.')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
 
