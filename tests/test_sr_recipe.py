@@ -11,7 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
-from test_training import REPO, run, write_yaml
+from test_training import REPO, run, set_dotted, write_yaml
 
 SR_YML = osp.join(REPO, 'options', 'demo', 'sr_msrresnet_demo.yml')
 SR_TEST_YML = osp.join(REPO, 'options', 'demo', 'test_sr_msrresnet_demo.yml')
@@ -28,13 +28,7 @@ def sr_options(yml, sr_data, demo_data, **changes):
         if 'clip_model' in metric:
             metric['clip_model'] = osp.join(REPO, metric['clip_model'])
             metric['clip_pretrained'] = str(demo_data / 'tiny.pt')
-    for dotted, value in changes.items():
-        *parents, leaf = dotted.split('.')
-        node = opt
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return opt
+    return set_dotted(opt, changes)
 
 
 def logged(log, name):

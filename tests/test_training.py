@@ -29,6 +29,11 @@ def demo_options(demo_data, yml=DEMO_YML, **changes):
         opt['network_g']['clip_pretrained'] = str(demo_data / 'tiny.pt')
     if 'logger' in opt:
         opt['logger']['use_tb_logger'] = False
+    return set_dotted(opt, changes)
+
+
+def set_dotted(opt, changes):
+    """Set {'train.total_iter': 5, ...} in a nested option dict; returns it."""
     for dotted, value in changes.items():
         *parents, leaf = dotted.split('.')
         node = opt
