@@ -75,3 +75,4 @@ def test_normalized_input_metric_takes_floats_as_given(tiny_metric_factory):
         assert normalized((img - mean) / std)[0, 0].item() == pytest.approx(plain(img)[0, 0].item(), abs=1e-6)
     with pytest.raises(TypeError, match='input_normalized=True'):
         normalized(chw(photo(70, 90)))
+

@@ -147,7 +147,7 @@ def test_test_py_writes_per_image_tables_for_sr_and_iqa_models(sr_data, demo_dat
     rows = read_table(tmp_path / 'results' / opt['name'] / 'demo_sr_test_metrics.csv')
     expected = independent_per_image(str(net_path), str(sr_data / 'test'), demo_data)
     assert sorted(r['name'] for r in rows) == sorted(expected)
-    assert list(rows[0]) == ['name', 'psnr', 'psnr_y', 'clipiqa', 'clipiqa_y']
+    assert list(rows[0]) == ['name', 'clipiqa', 'clipiqa_y', 'psnr', 'psnr_y']  # val.metrics order (safe_dump sorts)
     for row in rows:
         psnr, clipiqa = expected[row['name']]
         assert float(row['psnr']) == pytest.approx(psnr, abs=1e-6)
