@@ -150,8 +150,9 @@ def test_test_py_writes_per_image_tables_for_sr_and_iqa_models(sr_data, demo_dat
     assert list(rows[0]) == ['name', 'clipiqa', 'clipiqa_y', 'psnr', 'psnr_y']  # val.metrics order (safe_dump sorts)
     for row in rows:
         psnr, clipiqa = expected[row['name']]
-        assert float(row['psnr']) == pytest.approx(psnr, abs=1e-6)
-        assert float(row['clipiqa']) == pytest.approx(clipiqa, abs=1e-6)
+        # another process and thread count: the network's output may differ in its last bits
+        assert float(row['psnr']) == pytest.approx(psnr, abs=1e-4)
+        assert float(row['clipiqa']) == pytest.approx(clipiqa, abs=2e-5)
         assert float(row['psnr_y']) > 15 and 0 < float(row['clipiqa_y']) < 1
 
     # our IQAModel: zero-shot CLIP-IQA on the demo test split, scores of the files and the annotation's MOS

@@ -27,9 +27,9 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     attributes: names, presets or ``"positive|negative"`` pairs (see ``uiqa_plugin.prompts``).
     The returned module maps RGB images (N, 3, H, W) to (N, P) scores in [0, 1];
     ``metric.attribute_names`` names the columns. Images are uint8 in [0, 255] (scaled exactly as a
-    file is) or float in [0, data_range] (default 1.0; other values are refused); images smaller than
-    the CLIP image tower takes are upscaled as ``uiqa-score`` does (``uiqa_plugin.metrics.image_input``).
-    precision: 'fp32' (default, the reference numbers),
+    file is) or float in [0, data_range] (default 1.0; beyond it by more than 1/255 of it: refused);
+    images smaller than the CLIP image tower takes are upscaled as ``uiqa-score`` does
+    (``uiqa_plugin.metrics.image_input``). precision: 'fp32' (default, the reference numbers),
     'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
     Other keyword arguments go to ``CLIPIQA``.
     """

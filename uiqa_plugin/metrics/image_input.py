@@ -5,8 +5,8 @@
 
 - uint8 (N, 3, H, W) in [0, 255] becomes float32 ``x / 255``, bit for bit the values of the decoded file;
 - float images are divided by ``data_range`` (1.0: images in [0, 1]; 255.0 for [0, 255]) and must lie in
-  [0, data_range]: anything else is another scale (or unclamped network output) and is refused by name
-  instead of being scored as if it were a photo;
+  [0, data_range], give or take one 8-bit step (rounding, dithering): anything else is another scale (or
+  unclamped network output) and is refused by name instead of being scored as if it were a photo;
 - images with a side below the smallest the CLIP image tower takes are upscaled (aspect kept, bicubic,
   clipped to [0, 1]) with the same function and minimum as ``uiqa-score``.
 """
@@ -17,7 +17,8 @@ from uiqa_plugin.scoring.input_limits import minimum_input_side
 
 
 def to_unit_range(images, data_range=1.0, where='images'):
-    """uint8 or float (N, 3, H, W) -> float in [0, 1]; ValueError for floats outside [0, data_range]."""
+    """uint8 or float (N, 3, H, W) -> float in [0, 1] (give or take 1/255); ValueError for floats outside
+    [0, data_range] by more than one 8-bit step."""
     if images.dtype == torch.uint8:
         # a float32 tensor divisor: the exact IEEE quotient the file path (DeviceInput) computes
         return images.float().div_(torch.full((1,), 255.0, device=images.device))
@@ -26,7 +27,8 @@ def to_unit_range(images, data_range=1.0, where='images'):
     if images.numel():
         with torch.no_grad():
             low, high = (float(v) for v in torch.aminmax(images.detach()))
-        if low < 0 or high > data_range:
+        step = data_range / 255  # rounding and dithering may leave [0, data_range] by a fraction of an 8-bit step
+        if low < -step or high > data_range + step:
             raise ValueError(f'{where}: values span [{low:.4g}, {high:.4g}], outside [0, {data_range:g}] '
                              f'(data_range={data_range:g}); give data_range=255 for images in [0, 255], pass uint8 '
                              'tensors, or clamp the images first')
