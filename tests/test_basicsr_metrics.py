@@ -234,9 +234,8 @@ def test_clip_entries_of_one_validation_share_one_tower_pass_per_image(tiny_metr
     assert len(clipiqa_metric._TOWER_FEATURES) == len(images) + 1  # and the first image
 
 
-def test_tower_features_never_leak_between_towers_or_settings(tiny_metric_factory, tiny_clip_files, clip_opts,
-                                                              monkeypatch):
-    from uiqa_plugin.metrics import clipiqa_metric
+def test_tower_features_never_leak_between_towers_or_settings(tiny_clip_files, clip_opts, monkeypatch):
+    from uiqa_plugin.api import create_metric
     img = rgb_image(48, 64, seed=20)[..., ::-1].copy()
     other_weights = dict(clip_opts, clip_pretrained=tiny_clip_files['openclip'])  # same weights, other file
     vit = dict(clip_opts, clip_model=tiny_clip_files['vit_config'], clip_pretrained=tiny_clip_files['vit_weights'])
@@ -251,7 +250,6 @@ def test_tower_features_never_leak_between_towers_or_settings(tiny_metric_factor
     monkeypatch.undo()
     for options, value in zip(configs, values):
         opts = {k: v for k, v in options.items() if k not in ('clip_model', 'clip_pretrained', 'device')}
-        from uiqa_plugin.api import create_metric
         metric = create_metric(clip_model=options['clip_model'], clip_pretrained=options['clip_pretrained'],
                                device='cpu', **opts)
         assert value == uncached(metric, img)

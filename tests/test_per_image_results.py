@@ -59,7 +59,7 @@ def write_pairs(folder, sizes, seed=0):
         gt = rng.randint(0, 256, (4 * h, 4 * w, 3)).astype(np.uint8)
         name = f'im{i}'
         Image.fromarray(gt).save(folder / 'GT' / f'{name}.png')
-        Image.fromarray(np.asarray(Image.fromarray(gt).resize((w, h), Image.BICUBIC))).save(folder / 'LQ' / f'{name}.png')
+        Image.fromarray(gt).resize((w, h), Image.BICUBIC).save(folder / 'LQ' / f'{name}.png')
         names.append(name)
     return names
 

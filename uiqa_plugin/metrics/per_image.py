@@ -135,7 +135,11 @@ def per_image_metrics(model, dataloader, folder):
 @contextlib.contextmanager
 def per_image_tables_for_test_runs():
     """Within the block, every ``validation`` of a BasicSR model writes its per-image table into the run's
-    ``path.results_root`` (what ``uiqa_plugin/test.py`` wraps around the test pipeline)."""
+    ``path.results_root`` (what ``uiqa_plugin/test.py`` wraps around the test pipeline).
+
+    It wraps ``BaseModel.validation``, which every BasicSR model inherits; a model class that overrides
+    ``validation`` itself gets no table this way (a runner can call ``per_image_metrics`` around it).
+    """
     validation = BaseModel.validation
 
     def validation_with_table(self, dataloader, *args, **kwargs):
