@@ -112,9 +112,9 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
     assert 'Validation photos (3 images)' in log and '# srcc' not in log
     with open(glob.glob(str(tmp_path / 'results' / 'folder' / '*.csv'))[0], newline='') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_0']
+    assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_quality']
     assert not any(column.startswith('target') for column in rows[0])
-    assert all(0 <= float(r['pred_0']) <= 1 for r in rows)
+    assert all(0 <= float(r['pred_quality']) <= 1 for r in rows)
 
 
 def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(demo_data):

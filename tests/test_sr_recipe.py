@@ -39,8 +39,8 @@ def read_rgb(path):
     return np.asarray(Image.open(path).convert('RGB'), dtype=np.float64) / 255.0
 
 
-def independent_scores(net_path, folder, demo_data):
-    """PSNR and CLIP-IQA of the network's SR outputs, computed without BasicSR's metric code."""
+def independent_per_image(net_path, folder, demo_data):
+    """{image name: (PSNR, CLIP-IQA)} of the network's SR outputs, computed without BasicSR's metric code."""
     from basicsr.archs.srresnet_arch import MSRResNet
     from uiqa_plugin.api import create_metric
     net = MSRResNet(num_in_ch=3, num_out_ch=3, num_feat=16, num_block=2, upscale=4)
@@ -48,16 +48,23 @@ def independent_scores(net_path, folder, demo_data):
     net.eval()
     metric = create_metric('quality', clip_model=osp.join(REPO, 'options/clip/tiny-rn.json'),
                            clip_pretrained=str(demo_data / 'tiny.pt'), device='cpu')
-    psnr, clipiqa = [], []
+    scores = {}
     for lq_path in sorted(glob.glob(osp.join(folder, 'LQ', '*.png'))):
         lq = torch.from_numpy(read_rgb(lq_path).astype(np.float32)).permute(2, 0, 1)[None]
         with torch.no_grad():
             sr = net(lq).clamp(0, 1)[0].permute(1, 2, 0).numpy()
         sr = (sr * 255.0).round()[4:-4, 4:-4]  # 8-bit output, crop_border 4
         gt = (read_rgb(lq_path.replace('LQ', 'GT')) * 255.0).round()[4:-4, 4:-4]
-        psnr.append(10 * np.log10(255.0**2 / np.mean((sr - gt)**2)))
+        psnr = 10 * np.log10(255.0**2 / np.mean((sr - gt)**2))
         with torch.no_grad():
-            clipiqa.append(metric(torch.from_numpy((sr / 255.0).astype(np.float32)).permute(2, 0, 1)[None]).item())
+            clipiqa = metric(torch.from_numpy((sr / 255.0).astype(np.float32)).permute(2, 0, 1)[None]).item()
+        scores[osp.splitext(osp.basename(lq_path))[0]] = (psnr, clipiqa)
+    return scores
+
+
+def independent_scores(net_path, folder, demo_data):
+    """Average PSNR and CLIP-IQA of the network's SR outputs (``independent_per_image``)."""
+    psnr, clipiqa = zip(*independent_per_image(net_path, folder, demo_data).values())
     return float(np.mean(psnr)), float(np.mean(clipiqa))
 
 

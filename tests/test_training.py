@@ -81,7 +81,9 @@ def last_metric(log, name):
 
 def read_predictions(path):
     with open(path, newline='') as f:
-        return {row['key']: float(row['pred_0']) for row in csv.DictReader(f)}
+        rows = csv.DictReader(f)
+        first = next(c for c in rows.fieldnames if c.startswith('pred_'))  # the first output, named by attribute
+        return {row['key']: float(row[first]) for row in rows}
 
 
 def test_learns_and_checkpoint_round_trip_reproduces_predictions(demo_data, tmp_path):

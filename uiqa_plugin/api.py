@@ -21,20 +21,26 @@ def default_device():
 
 
 def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
-                  **kwargs):
+                  data_range=1.0, **kwargs):
     """A ready-to-call zero-shot CLIP-IQA model in eval mode on ``device``.
 
     attributes: names, presets or ``"positive|negative"`` pairs (see ``uiqa_plugin.prompts``).
-    The returned module maps RGB images (N, 3, H, W) in [0, 1] to (N, P) scores in [0, 1];
-    ``metric.attribute_names`` names the columns. precision: 'fp32' (default, the reference numbers),
+    The returned module maps RGB images (N, 3, H, W) to (N, P) scores in [0, 1];
+    ``metric.attribute_names`` names the columns. Images are uint8 in [0, 255] (scaled exactly as a
+    file is) or float in [0, data_range] (default 1.0; beyond it by more than 1/255 of it: refused);
+    images smaller than the CLIP image tower takes are upscaled as ``uiqa-score`` does
+    (``uiqa_plugin.metrics.image_input``). precision: 'fp32' (default, the reference numbers),
     'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
     Other keyword arguments go to ``CLIPIQA``.
     """
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
     from uiqa_plugin.clip_precision import check_precision
+    from uiqa_plugin.metrics.image_input import ImageInputContract
+    contract = ImageInputContract(data_range)  # a bad data_range fails here, before CLIP loads
     check_precision(precision, device or default_device())  # fp16 on a CPU fails here, before CLIP loads
     metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained,
                      precision=precision, **kwargs)
+    metric.register_forward_pre_hook(contract)
     return metric.to(device or default_device()).eval()
 
 

@@ -192,14 +192,28 @@ def _dataset_normalizes(ds_opt):
     return ds_opt.get('mean', ()) is not None
 
 
+def _init_default(cls, name):
+    """Default of the __init__ argument ``name`` of a class, following **kwargs up the MRO (a subclass that
+    forwards **kwargs takes its parent's); ``inspect.Parameter.empty`` when no __init__ on the way names it."""
+    for klass in (inspect.getmro(cls) if inspect.isclass(cls) else ()):
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            return params[name].default
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return inspect.Parameter.empty
+
+
 def _check_normalization(net_opt, arch, datasets, problems):
     """An arch that normalizes its inputs over a dataset that already did would normalize twice (and vice versa)."""
-    params = inspect.signature(arch).parameters if arch is not None and inspect.isclass(arch) else {}
-    if 'input_normalized' not in params:
+    default = _init_default(arch, 'input_normalized')
+    if default is inspect.Parameter.empty:
         return
     from basicsr.utils.registry import DATASET_REGISTRY
     from uiqa_plugin.data.base_iqa_dataset import BaseIQADataset
-    expects = net_opt.get('input_normalized', params['input_normalized'].default)
+    expects = net_opt.get('input_normalized', default)
     for phase, ds_opt in datasets.items():
         cls = registry_lookup(DATASET_REGISTRY, ds_opt.get('type')) if isinstance(ds_opt, dict) else None
         if not (inspect.isclass(cls) and issubclass(cls, BaseIQADataset)):
