@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from uiqa_plugin.data.image_io import ImageReadError
+from uiqa_plugin.data.transforms import evaluation_transform_specs, view_pipeline  # noqa: F401 (public API)
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT
 
 
@@ -95,44 +96,6 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
 def output_names(model):
     """Column names of a model's output: its attributes, or 'score' for a regression head."""
     return list(getattr(model, 'output_names', None) or model.attribute_names)
-
-
-def evaluation_transform_specs(model):
-    """The evaluation transform chain (a list of transform dicts) that turns an image file into ``model``'s views.
-
-    For a trained model, the preprocessing stored in its checkpoint (the validation dataset's
-    ``resize``, ``views``, ``mean``/``std`` or explicit ``transforms``), read from disk; else the
-    model's views with CLIP's normalization when it expects normalized input. The chain starts
-    with ``LoadImage`` and ends with ``Normalize`` (possibly a no-op) and ``Collect``.
-    """
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
-    from uiqa_plugin.data.transforms import view_transform_specs
-    inner = getattr(model, 'metric', model)  # uiqa-profile's scorer wraps a metric
-    pre = getattr(model, 'preprocessing', None) or getattr(inner, 'preprocessing', None)
-    names = list(getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image'])
-    if pre and pre.get('transforms'):
-        specs = [dict(s) for s in pre['transforms']]
-        if specs[0].get('type') != 'LoadImage':
-            specs.insert(0, {'type': 'LoadImage'})
-        if specs[-1].get('type') != 'Collect':
-            specs.append({'type': 'Collect'})
-        for spec in specs:
-            if spec.get('type') == 'LoadImage':
-                spec['io_backend'] = None  # files on disk, whatever the training read from
-        return specs
-    if pre:
-        return view_transform_specs(pre.get('views') or names, train=False, resize=pre.get('resize'),
-                                    mean=pre.get('mean'), std=pre.get('std'))
-    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None) or names
-    normalized = getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False))
-    return view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,
-                                std=CLIP_STD if normalized else None)
-
-
-def view_pipeline(model):
-    """The evaluation transform (a callable on samples) that turns an image file into the views ``model`` takes."""
-    from uiqa_plugin.data.transforms import build_transforms
-    return build_transforms(evaluation_transform_specs(model), train=False)
 
 
 def collect_image_paths(inputs, recursive=True):

@@ -17,12 +17,39 @@ import tempfile
 import torch
 
 
+#: how a user vouches for a file that needs full unpickling, on the command line or in an option file
+TRUST_HINT = '--trust-checkpoint (or path.trust_checkpoint: true in the option file)'
+
+#: suffixes of files that option values name (weights, CLIP model configs)
+PATH_SUFFIXES = ('.json', '.pt', '.pth', '.bin', '.safetensors')
+
+
+def looks_like_path(value):
+    """Whether an option value is written as a file path (a separator or a file suffix), not a name or a tag."""
+    return isinstance(value, str) and ('/' in value or os.sep in value or value.endswith(PATH_SUFFIXES))
+
+
 class CheckpointReadError(ValueError):
     """A checkpoint file is missing, truncated or not a PyTorch file; the message names it."""
 
 
 class UnsafeCheckpointError(CheckpointReadError):
     """The file needs full unpickling (it may run code); refused unless trusted on purpose."""
+
+
+class NonFiniteWeightsError(CheckpointReadError):
+    """A weight file holds NaN or infinite values: every score computed with it would be NaN or meaningless."""
+
+
+def check_finite(state_dict, what):
+    """Raise NonFiniteWeightsError naming ``what`` and the first keys of ``state_dict`` with NaN or inf values."""
+    bad = [f'{key} ({int((~torch.isfinite(value)).sum())} of {value.numel()} values)'
+           for key, value in state_dict.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        more = f' and {len(bad) - 3} more' if len(bad) > 3 else ''
+        raise NonFiniteWeightsError(f'{what}: NaN or infinite weights in {", ".join(bad[:3])}{more}; '
+                                    'the file is damaged or its training diverged: use an earlier checkpoint')
 
 
 def load_checkpoint(path, map_location='cpu', trust=False, what='checkpoint', trust_hint='--trust-checkpoint'):

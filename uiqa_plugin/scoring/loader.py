@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.data.image_io import ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8
 from uiqa_plugin.data.image_ops import upsample_to_min
-from uiqa_plugin.data.transforms import Normalize, build_transforms, view_transform_specs
+from uiqa_plugin.data.transforms import Normalize, build_transforms, evaluation_transform_specs, view_transform_specs
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT, check_aspect, minimum_input_side
 
 
@@ -107,7 +107,6 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     device = next(iter(model.buffers()), torch.empty(0)).device
     if multiprocessing.current_process().daemon:  # e.g. inside a Pool worker: it may not start processes
         workers = 0
-    from uiqa_plugin.api import evaluation_transform_specs
     specs = evaluation_transform_specs(model)
     if min_side is None:
         min_side = model_minimum_side(model)

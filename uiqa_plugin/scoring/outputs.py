@@ -17,7 +17,7 @@ import os
 import os.path as osp
 import tempfile
 
-from uiqa_plugin.tools.output_table import TABLE_SUFFIXES, write_table
+from uiqa_plugin.scoring.table import TABLE_SUFFIXES, read_table, write_table
 
 
 class OutputError(ValueError):
@@ -112,30 +112,6 @@ def read_part(path, columns):
         else:
             rows.append({'path': record['path'], **dict(zip(columns, record['scores']))})
     return rows, failures
-
-
-def read_table(path, columns):
-    """Rows of a table written by ``write_table`` (CSV or JSON), checked to have ``['path'] + columns``."""
-    expected = ['path'] + list(columns)
-    try:
-        if path.lower().endswith('.json'):
-            with open(path, encoding='utf-8') as f:
-                data = json.load(f)
-            found = list(data[0]) if data else expected
-        else:
-            with open(path, encoding='utf-8', errors='surrogateescape', newline='') as f:
-                reader = csv.DictReader(f)
-                data = list(reader)
-                found = reader.fieldnames or expected
-    except (OSError, ValueError) as exc:
-        raise OutputError(f'{path}: cannot read it to resume ({exc}); move it away or drop --resume') from exc
-    if found != expected:
-        raise OutputError(f'{path}: has the columns {found}, this run gives {expected}; '
-                          'use another --out to resume with other attributes')
-    try:
-        return [{'path': row['path'], **{c: float(row[c]) for c in columns}} for row in data]
-    except (TypeError, ValueError) as exc:
-        raise OutputError(f'{path}: a score is not a number ({exc}); cannot resume from it') from exc
 
 
 def previous_rows(out, columns):

@@ -255,7 +255,7 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
+    from uiqa_plugin.clip.errors import CLI_OPTION_NAMES, ClipLoadError
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
