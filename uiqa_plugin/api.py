@@ -5,9 +5,6 @@
     >>> result = uiqa_plugin.score_paths(metric, ['photos/'], batch_size=4)
     >>> result.rows[0]   # {'path': 'photos/a.jpg', 'quality': 0.71, 'brightness': 0.55, ...}
 """
-import glob
-import os
-import os.path as osp
 from dataclasses import dataclass, field
 
 import torch
@@ -15,6 +12,7 @@ import torch
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import evaluation_transform_specs, view_pipeline  # noqa: F401 (public API)
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT
+from uiqa_plugin.scoring.paths import collect_image_paths
 
 
 def default_device():
@@ -96,45 +94,6 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
 def output_names(model):
     """Column names of a model's output: its attributes, or 'score' for a regression head."""
     return list(getattr(model, 'output_names', None) or model.attribute_names)
-
-
-def collect_image_paths(inputs, recursive=True):
-    """Expand files, folders and glob patterns into a sorted-per-input list of image paths.
-
-    Folders are walked following symbolic links, cycle-safe: each real file is listed once,
-    under the first path that reaches it (see ``uiqa_plugin.scoring.paths``).
-    Returns (paths, problems): ``problems`` lists (input, message) for inputs that matched
-    nothing, folders that cannot be listed and links whose target is missing.
-    """
-    from uiqa_plugin.scoring.paths import glob_files, walk_files
-    paths, problems = [], []
-    for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
-        item = os.fspath(item)
-        if osp.isdir(item):
-            found, trouble = walk_files(item, recursive=recursive)
-            problems.extend(trouble)
-            if not found and not trouble:
-                problems.append((item, 'folder holds no image files'))
-            paths.extend(found)
-        elif osp.isfile(item):
-            paths.append(item)  # named explicitly: try it whatever its suffix
-        elif glob.has_magic(item):
-            found, trouble = glob_files(item)
-            problems.extend(trouble)
-            if not found:
-                problems.append((item, 'pattern matched no files'))
-            paths.extend(found)
-        elif osp.islink(item):
-            problems.append((item, 'broken symbolic link (its target is missing or loops)'))
-        else:
-            problems.append((item, 'no such file or folder'))
-    seen, unique = set(), []
-    for path in paths:  # one row per real file, whichever input reached it first
-        real = osp.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append(path)
-    return unique, problems
 
 
 @dataclass

@@ -10,18 +10,13 @@ scores only the paths they do not hold.
 File names that are not valid UTF-8 are kept as they are (surrogate escapes in Python): as
 their original bytes in CSV, as ``\\udcXX`` escapes in JSON.
 """
-import csv
 import glob
 import json
 import os
 import os.path as osp
 import tempfile
 
-from uiqa_plugin.scoring.table import TABLE_SUFFIXES, read_table, write_table
-
-
-class OutputError(ValueError):
-    """A score table that cannot be written or resumed; the message names the path and the reason."""
+from uiqa_plugin.scoring.table import TABLE_SUFFIXES, OutputError, read_table, write_table  # noqa: F401
 
 
 def check_output_path(path):

@@ -11,6 +11,10 @@ import tempfile
 TABLE_SUFFIXES = ('.csv', '.json')
 
 
+class OutputError(ValueError):
+    """A score table that cannot be written or resumed; the message names the path and the reason."""
+
+
 def write_table(rows, columns, path):
     """Write rows to ``path``; the format follows the suffix (.csv or .json).
 

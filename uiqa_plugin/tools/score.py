@@ -8,7 +8,7 @@ import sys
 import warnings
 
 from uiqa_plugin.scoring import default_workers
-from uiqa_plugin.tools.output_table import format_table, printable
+from uiqa_plugin.scoring.table import format_table, printable
 
 
 def add_clip_arguments(parser):
