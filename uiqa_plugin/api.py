@@ -7,12 +7,16 @@
 """
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from uiqa_plugin.checkpoint_io import check_finite, load_checkpoint
 from uiqa_plugin.data.image_io import ImageReadError
-from uiqa_plugin.data.transforms import evaluation_transform_specs, view_pipeline  # noqa: F401 (public API)
-from uiqa_plugin.scoring.input_limits import MAX_ASPECT
-from uiqa_plugin.scoring.paths import collect_image_paths
+from uiqa_plugin.data.transforms import build_transforms, evaluation_transform_specs, view_pipeline  # noqa: F401
+from uiqa_plugin.scoring import default_workers
+from uiqa_plugin.scoring.input_limits import MAX_ASPECT, MAX_PIXELS
+from uiqa_plugin.scoring.loader import iter_scores, model_minimum_side
+from uiqa_plugin.scoring.paths import collect_image_paths  # noqa: F401 (public API)
 
 
 def default_device():
@@ -47,13 +51,15 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     else from the names stored in the checkpoint. The weights are the averaged ones
     (``params_ema``) when the run kept an average, as its validation used them.
 
-    trust: allow a file that needs full unpickling (it may run code); never the default.
+    trust: allow files that need code to load (a checkpoint that needs full unpickling, a CLIP
+    TorchScript archive with code that runs on load); never the default.
     quick_gelu, precision: override what the checkpoint recorded (None: keep it).
-    Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable or refused files.
+    Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable, refused or
+    non-finite weights, ValueError for other problems; each message names the file and the key.
     """
-    from basicsr.utils.registry import ARCH_REGISTRY
-    from uiqa_plugin.checkpoint_io import load_checkpoint
-    from uiqa_plugin.models.iqa_model import missing_clip_paths
+    from basicsr.utils.registry import ARCH_REGISTRY  # lazy: importing basicsr loads all its archs and models
+    from uiqa_plugin.clip.pretrained import trusting  # lazy: importing open_clip takes seconds
+    from uiqa_plugin.models.iqa_model import missing_clip_paths  # lazy: imports basicsr
     ckpt = load_checkpoint(checkpoint, trust=trust)
     if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
         raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
@@ -78,7 +84,16 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
         options['quick_gelu'] = quick_gelu
     if precision is not None:  # else the precision it was trained with
         options['precision'] = precision
-    model = ARCH_REGISTRY.get(arch)(**options)
+    for key in ('params', 'params_ema'):
+        value = ckpt.get(key)
+        if key == 'params_ema' and value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()):
+            raise ValueError(f'{checkpoint}: "{key}" must be a state dict (parameter name -> tensor), got '
+                             f'{type(value).__name__}')
+        check_finite(value, f'{checkpoint} ({key})')
+    with trusting(trust):
+        model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:
         model.load_state_dict(params, strict=True)
@@ -88,11 +103,31 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     model.view_options = ckpt.get('view_options')
     if getattr(model, 'regressor', None) is not None:
         model.output_names = ['score']
-    return model.to(device or default_device()).eval()
+    model = model.to(device or default_device()).eval()
+    count = _output_count(model)
+    names = output_names(model)
+    if count != len(names):  # a user's arch whose head gives other columns than its attributes
+        model.output_names = ['score'] if count == 1 else [f'output_{i}' for i in range(count)]
+    return model
+
+
+def _output_count(model):
+    """Columns of the model's output, from one forward of a mid-grey image through its evaluation views."""
+    side = max(224, model_minimum_side(model))
+    specs = [s for s in evaluation_transform_specs(model) if s.get('type') != 'LoadImage']
+    sample = build_transforms(specs, train=False)(
+        {'key': 'probe', 'path': 'probe', 'target': [], 'views': {'image': np.full((side, side, 3), 0.5, np.float32)}})
+    device = next(iter(model.buffers()), torch.empty(0)).device
+    views = list(getattr(model, 'views', None) or ['image'])
+    inputs = {v: sample[v][None].to(device) for v in views}
+    with torch.inference_mode():
+        out = model(inputs if len(views) > 1 else inputs[views[0]])
+    return int(out.shape[-1]) if out.dim() > 1 else 1
 
 
 def output_names(model):
-    """Column names of a model's output: its attributes, or 'score' for a regression head."""
+    """Column names of a model's output: its attributes, 'score' for a regression head, or what a user's arch
+    gives (set by ``load_trained_model``)."""
     return list(getattr(model, 'output_names', None) or model.attribute_names)
 
 
@@ -106,7 +141,7 @@ class ScoreResult:
 
 
 def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, workers=None, read_ahead=8,
-                max_aspect=MAX_ASPECT):
+                max_aspect=MAX_ASPECT, max_pixels=MAX_PIXELS, prepare=None):
     """Score image files with ``metric`` (``create_metric`` or ``load_trained_model``).
 
     inputs: files, folders (recursive) and glob patterns. Each file becomes the views the
@@ -114,14 +149,14 @@ def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, worke
     patch), decoded in ``workers`` processes (default: up to 4; 0: in this process).
     Images of different sizes are batched with others of the same size; rows keep input order.
     Images smaller than the CLIP image tower takes are upscaled to its minimum (aspect kept);
-    images more than ``max_aspect`` times longer than wide are refused.
+    images more than ``max_aspect`` times longer than wide are refused, and images with more than
+    ``max_pixels`` pixels before decoding (``None``: no limit). prepare: see ``scoring.loader.ScoreImages``.
+    Scores that are not finite (NaN) are failures of their image, never rows.
     Unreadable or refused files are recorded in ``failures`` and skipped, or raise
     ``ImageReadError`` when ``strict``.
     """
     from tqdm import tqdm
 
-    from uiqa_plugin.scoring import default_workers
-    from uiqa_plugin.scoring.loader import iter_scores
     paths, problems = collect_image_paths(inputs)
     if strict and problems:
         raise FileNotFoundError('; '.join(f'{p}: {m}' for p, m in problems))
@@ -131,7 +166,8 @@ def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, worke
     with tqdm(total=len(paths), desc='scoring', unit='img', disable=not progress) as bar:
         for index, scores, error in iter_scores(metric, paths, batch_size=batch_size,
                                                 workers=min(workers, len(paths) // 2), read_ahead=read_ahead,
-                                                max_aspect=max_aspect, progress=bar):
+                                                max_aspect=max_aspect, progress=bar, max_pixels=max_pixels,
+                                                prepare=prepare):
             if error is not None:
                 if strict:
                     raise ImageReadError(error)

@@ -79,20 +79,46 @@ def load_checkpoint(path, map_location='cpu', trust=False, what='checkpoint', tr
                                   f'(truncated or not a checkpoint? {type(exc).__name__}: {exc})') from exc
 
 
-def save_checkpoint(obj, path):
-    """``torch.save`` to a unique temporary file beside ``path``, fsync, then an atomic rename."""
+def current_umask():
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it: a race
+    with other threads creating files)."""
+    try:
+        with open('/proc/self/status', encoding='ascii') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_atomically(path, write, mode='wb', **open_kwargs):
+    """Call ``write(file)`` on a unique temporary file beside ``path``, fsync, give it the permissions of a
+    file created normally (0666 minus the umask: ``mkstemp`` makes 0600 files), then rename it over ``path``.
+
+    A kill during the write leaves the old file (or none), never a truncated one; concurrent
+    writers of one path each leave a whole file (the last rename wins). Returns ``path``.
+    """
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=osp.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode, **open_kwargs) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
             os.remove(tmp)
         raise
     return path
+
+
+def save_checkpoint(obj, path):
+    """``torch.save`` through ``write_atomically``: fsynced, renamed into place, permissions as the umask says."""
+    return write_atomically(path, lambda f: torch.save(obj, f))
