@@ -458,3 +458,49 @@ def test_a_one_output_user_arch_writes_only_its_column(tiny_clip_files, tmp_path
     rows = read_rows(out)
     assert list(rows[0]) == ['path', 'score'] and all(r['score'] for r in rows)
 
+
+
+WORKER_SCRIPT = '''
+import functools, os, sys, time
+from torch.utils.data import DataLoader, Dataset
+from uiqa_plugin.scoring.loader import end_with_parent
+
+class Slow(Dataset):
+    def __len__(self):
+        return 1000
+
+    def __getitem__(self, i):
+        open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()
+        time.sleep(10)  # a long decode
+        return i
+
+for _ in DataLoader(Slow(), batch_size=None, num_workers=2,
+                    worker_init_fn=functools.partial(end_with_parent, os.getpid())):
+    pass
+'''
+
+
+def _alive(pid):
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().split(')')[-1].split()[0] != 'Z'  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux only')
+def test_decode_workers_end_with_a_killed_parent(tmp_path):
+    import signal
+    import time
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
+    parent = subprocess.Popen([sys.executable, '-c', WORKER_SCRIPT, str(tmp_path)], env=env)
+    deadline = time.monotonic() + 60
+    while len(os.listdir(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [int(name) for name in os.listdir(tmp_path)]
+    assert len(workers) == 2 and all(_alive(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    time.sleep(1.0)  # without the kernel's signal, each worker would finish its 10 s decode first
+    assert not any(_alive(pid) for pid in workers)

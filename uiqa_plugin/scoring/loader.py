@@ -7,6 +7,7 @@ float on the device; CLIP normalization of models that take normalized input hap
 too, with the same float32 operations as the host ``Normalize``. Rows come out in input order
 whatever the batching.
 """
+import functools
 import multiprocessing
 import os
 
@@ -117,6 +118,24 @@ class ScoreImages(Dataset):
         return out
 
 
+def end_with_parent(parent_pid, worker_id=None):
+    """DataLoader ``worker_init_fn``: the decode worker is killed the moment its parent dies.
+
+    DataLoader's own watchdog notices a dead parent only when it next polls (every 5 s), so a
+    killed scoring run would leave workers decoding for seconds; Linux's PR_SET_PDEATHSIG makes the
+    kernel send SIGKILL at once. Elsewhere it does nothing. parent_pid: checked after the call, for
+    a parent that died before it.
+    """
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _first_resize(host_specs):
     """(width, height) -> smallest (width, height) to decode, when the chain starts by resizing the image; else None.
 
@@ -167,6 +186,7 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
     # decoded ahead in all: enough to overlap, little shared memory (/dev/shm is small in containers).
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                         pin_memory=device.type == 'cuda',
+                        worker_init_fn=functools.partial(end_with_parent, os.getpid()) if workers else None,
                         prefetch_factor=max(2, batch_size // workers) if workers else None)
     window = max(batch_size * read_ahead, 1)
     buckets, pending = {}, 0
