@@ -13,7 +13,7 @@ from PIL import Image
 
 import uiqa_plugin.scoring.loader as loader
 import uiqa_plugin.scoring.outputs as outputs
-from uiqa_plugin.tools.output_table import write_table
+from uiqa_plugin.scoring.table import write_table
 from uiqa_plugin.tools.score import build_parser, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -504,3 +504,12 @@ def test_decode_workers_end_with_a_killed_parent(tmp_path):
     parent.wait()
     time.sleep(1.0)  # without the kernel's signal, each worker would finish its 10 s decode first
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_clip_weights_with_nan_are_refused_naming_the_key(tiny_clip_files, tmp_path):
+    state = torch.load(tiny_clip_files['openai'], weights_only=True)
+    state['visual.layer1.0.conv1.weight'][0, 0, 0, 0] = float('inf')
+    torch.save(state, tmp_path / 'inf.pt')
+    with pytest.raises(ClipLoadError, match=r'inf.pt: NaN or infinite weights in visual.layer1.0.conv1.weight '
+                                            r'\(1 of \d+ values\)'):
+        load_clip(tiny_clip_files['config'], str(tmp_path / 'inf.pt'))
