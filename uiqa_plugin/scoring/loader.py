@@ -146,12 +146,18 @@ def _first_resize(host_specs):
     if first.get('type') != 'Resize' or list(first.get('keys') or ['image']) != ['image']:
         return None
     size, short_side = first.get('size'), first.get('short_side')
+    if size is None and short_side is None:
+        return None
+    return functools.partial(_resize_target, size, short_side)  # picklable: workers receive it
+
+
+def _resize_target(size, short_side, width, height):
+    """(width, height) that ``Resize(size=... | short_side=...)`` gives an image of ``width`` x ``height``."""
     if size is not None:
-        height, width = (size, size) if isinstance(size, int) else size
-        return lambda w, h: (width, height)
-    if short_side is not None:
-        return lambda w, h: tuple(reversed(scaled_size(h, w, short_side)))
-    return None
+        out_h, out_w = (size, size) if isinstance(size, int) else size
+        return out_w, out_h
+    out_h, out_w = scaled_size(height, width, short_side)
+    return out_w, out_h
 
 
 def _out_of_memory(exc):
