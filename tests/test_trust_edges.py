@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import os.path as osp
+import shutil
 import subprocess
 import sys
 import warnings
@@ -513,3 +514,17 @@ def test_clip_weights_with_nan_are_refused_naming_the_key(tiny_clip_files, tmp_p
     with pytest.raises(ClipLoadError, match=r'inf.pt: NaN or infinite weights in visual.layer1.0.conv1.weight '
                                             r'\(1 of \d+ values\)'):
         load_clip(tiny_clip_files['config'], str(tmp_path / 'inf.pt'))
+
+
+def test_an_archive_that_unpacks_to_more_than_it_holds_is_refused(tiny_clip_files, tmp_path, monkeypatch):
+    from uiqa_plugin.clip import torchscript
+    monkeypatch.setattr(torchscript, '_MIN_ENTRY_LIMIT', 1 << 20)  # a 10 MB bomb is enough to show the rule
+    bomb = tmp_path / 'bomb.pt'
+    shutil.copy(tiny_clip_files['torchscript'], bomb)
+    prefix = zipfile.ZipFile(bomb).namelist()[0].split('/')[0]
+    with zipfile.ZipFile(bomb, 'a', compression=zipfile.ZIP_DEFLATED) as zf, zf.open(f'{prefix}/code/x.py', 'w') as f:
+        for _ in range(10):
+            f.write(b'\0' * (1 << 20))
+    assert osp.getsize(bomb) < osp.getsize(tiny_clip_files['torchscript']) + (1 << 20)
+    with pytest.raises(ClipLoadError, match=r'bomb.pt: .*its entry .*code/x.py unpacks to 10485760 bytes'):
+        read_clip_state_dict(str(bomb))

@@ -12,6 +12,7 @@ payload needs) and any ``__setstate__`` in the code (what a TorchScript payload 
 The result is what ``torch.jit.load(path).state_dict()`` gives, without executing the file.
 """
 import collections
+import os
 import pickle
 import re
 import zipfile
@@ -24,6 +25,10 @@ _STORAGE_DTYPES = {
     'BFloat16Storage': torch.bfloat16, 'LongStorage': torch.int64, 'IntStorage': torch.int32,
     'ShortStorage': torch.int16, 'CharStorage': torch.int8, 'ByteStorage': torch.uint8, 'BoolStorage': torch.bool,
 }
+
+
+# the code files are deflated; whatever the archive's size, they may unpack to this much
+_MIN_ENTRY_LIMIT = 64 << 20
 
 
 class UnsafeArchiveError(ValueError):
@@ -139,6 +144,12 @@ def read_torchscript_weights(path):
     loading would run code from, ValueError / zipfile.BadZipFile for damaged ones.
     """
     with zipfile.ZipFile(path) as zf:
+        # torch stores tensors uncompressed: an entry that unpacks to far more than the file holds is a zip bomb
+        limit = max(os.path.getsize(path), _MIN_ENTRY_LIMIT)
+        for info in zf.infolist():
+            if info.file_size > limit:
+                raise ValueError(f'its entry {info.filename} unpacks to {info.file_size} bytes, more than the archive '
+                                 f'of {os.path.getsize(path)} bytes can hold uncompressed; refused')
         pickles = [n for n in zf.namelist() if n.endswith('data.pkl') and n.count('/') == 1]
         if len(pickles) != 1:
             raise ValueError('not a TorchScript archive (no <name>/data.pkl)')
