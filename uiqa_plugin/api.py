@@ -104,8 +104,11 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     if getattr(model, 'regressor', None) is not None:
         model.output_names = ['score']
     model = model.to(device or default_device()).eval()
-    count = _output_count(model)
     names = output_names(model)
+    try:
+        count = _output_count(model)
+    except Exception:  # noqa: BLE001  (a probe the model cannot take: scoring will say why, with a real image)
+        count = len(names)
     if count != len(names):  # a user's arch whose head gives other columns than its attributes
         model.output_names = ['score'] if count == 1 else [f'output_{i}' for i in range(count)]
     return model

@@ -92,7 +92,7 @@ def add_input_arguments(parser):
     parser.add_argument('--max-megapixels', type=float, default=MAX_PIXELS / 1e6,
                         help='refuse images with more pixels than this before decoding them (one row each, '
                              'named on stderr); a large JPEG that the model resizes anyway is decoded reduced '
-                             f'instead (default: {MAX_PIXELS / 1e6:g}, about 5 GB at the peak for RN50 at full '
+                             f'instead (default: {MAX_PIXELS / 1e6:g}; RN50 holds 96 bytes per input pixel at full '
                              'resolution; 0: no limit)')
     parser.add_argument('--retry-failed', action='store_true',
                         help='with --resume: score again the images an earlier run could not score (by default '
