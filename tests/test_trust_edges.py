@@ -180,7 +180,7 @@ def test_resume_refuses_rows_of_another_model_naming_the_difference(tiny_clip_fi
     assert record['made_by']['quick_gelu'] is False and record['failed'] == []
     before = out.read_text()
     for flag, key in (('--quick-gelu', 'quick_gelu: false vs true'), ('--keep-pos-embed', 'keep_pos_embed'),
-                      ('--crop-border=2', 'crop_border: 0 vs 2')):
+                      ('--crop-border=2', 'crop_border: 0 vs 2'), ('--precision=fp32-fused', 'precision: "fp32" vs')):
         assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', flag]) == 2
         err = capsys.readouterr().err
         assert 'its rows were made by another model or preprocessing' in err and key in err, err
@@ -313,7 +313,8 @@ def test_non_finite_and_malformed_checkpoints_are_refused_naming_the_key(tiny_cl
     for name, content, match in (
             ('nan.pth', {'params': {'prompt_learner.ctx': bad}}, r'\(params\): NaN or infinite weights in '
                                                                   r'prompt_learner.ctx \(1 of 128 values\)'),
-            ('ema.pth', {'params': {'prompt_learner.ctx': good}, 'params_ema': {'prompt_learner.ctx': torch.full_like(good, float('inf'))}},
+            ('ema.pth', {'params': {'prompt_learner.ctx': good},
+                         'params_ema': {'prompt_learner.ctx': torch.full_like(good, float('inf'))}},
              r'\(params_ema\): NaN or infinite weights in prompt_learner.ctx \(128 of 128')):
         torch.save({**content, 'network_g': net_opt}, tmp_path / name)
         with pytest.raises(NonFiniteWeightsError, match=match):

@@ -114,8 +114,9 @@ def get_attribute(name):
         import difflib
         close = difflib.get_close_matches(name.lower(), list(_ATTRIBUTES) + list(_PRESETS), n=3)
         hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise UnknownAttributeError(f'unknown attribute {name!r}.{hint} Known attributes: {", ".join(sorted(_ATTRIBUTES))}; '
-                       f'presets: {", ".join(sorted(_PRESETS))}; or give a pair as "positive|negative".') from None
+        raise UnknownAttributeError(f'unknown attribute {name!r}.{hint} Known attributes: '
+                                    f'{", ".join(sorted(_ATTRIBUTES))}; presets: {", ".join(sorted(_PRESETS))}; '
+                                    'or give a pair as "positive|negative".') from None
 
 
 def _custom(spec):

@@ -20,7 +20,8 @@ from uiqa_plugin.clip.model import (CLIP_MEAN, CLIP_STD, POS_EMBED_MODES, ClipBa
 from uiqa_plugin.clip.pretrained import is_torchscript, read_clip_state_dict, resolve_quick_gelu
 
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'CLI_OPTION_NAMES', 'POS_EMBED_MODES', 'ClipBackbone', 'ClipLoadError',
-           'attention_pool', 'build_clip_model', 'check_pos_embed_mode', 'clear_shared_clip', 'interpolate_grid_embedding',
+           'attention_pool', 'build_clip_model', 'check_pos_embed_mode', 'clear_shared_clip',
+           'interpolate_grid_embedding',
            'is_torchscript', 'load_clip', 'load_clip_for_network', 'make_random_clip', 'read_clip_state_dict',
            'resize_positional_embedding', 'resolve_model_config', 'resolve_quick_gelu', 'save_clip_checkpoint',
            'stretch_embedding_1d', 'yaml_option_names']

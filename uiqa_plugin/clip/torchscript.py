@@ -60,7 +60,8 @@ _ALLOWED = {
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('collections', 'OrderedDict'): collections.OrderedDict,
     **{('torch.jit._pickle', name): _identity for name in (
-        'build_intlist', 'build_doublelist', 'build_boollist', 'build_tensorlist', 'build_strlist', 'restore_type_tag')},
+        'build_intlist', 'build_doublelist', 'build_boollist', 'build_tensorlist', 'build_strlist',
+        'restore_type_tag')},
 }
 
 

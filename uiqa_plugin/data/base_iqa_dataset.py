@@ -228,7 +228,8 @@ class BaseIQADataset(data.Dataset):
         outside = [s['key'] for s in self.samples if osp.commonpath([root, osp.realpath(s['path'])]) != root]
         if outside:
             shown = ', '.join(repr(printable(k)) for k in outside[:3]) + (', ...' if len(outside) > 3 else '')
-            warnings.warn(printable(f'{self.name}: {len(outside)} image name(s) in {self.meta_file or "the annotations"} '
+            source = self.meta_file or 'the annotations'
+            warnings.warn(printable(f'{self.name}: {len(outside)} image name(s) in {source} '
                                     f'lead outside dataroot {self.dataroot!r} and are read from there: {shown}'),
                           stacklevel=2)
 
@@ -243,7 +244,8 @@ class BaseIQADataset(data.Dataset):
         if not missing:
             return
         shown = ', '.join(repr(m) for m in missing[:5]) + (', ...' if len(missing) > 5 else '')
-        message = printable(f'{self.name}: {len(missing)} of {len(self.samples)} images are missing in {where}: {shown}')
+        message = printable(f'{self.name}: {len(missing)} of {len(self.samples)} images are missing in {where}: '
+                            f'{shown}')
         if not self.skip_unreadable:
             raise FileNotFoundError(message + ' (set skip_unreadable: true to skip them)')
         warnings.warn(message + '; skipping them (skip_unreadable: true)', stacklevel=2)
