@@ -16,11 +16,11 @@ from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E40
 
 def _build(config_path, seed, quick_gelu=False):
     import open_clip
-    from uiqa_plugin.clip_backbone import _resolve_model_config
+    from uiqa_plugin.clip import resolve_model_config
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return open_clip.create_model(_resolve_model_config(config_path), pretrained=None,
+        return open_clip.create_model(resolve_model_config(config_path), pretrained=None,
                                       force_quick_gelu=quick_gelu)
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from uiqa_plugin.api import collect_image_paths, score_paths
+from uiqa_plugin.scoring.table import decode_path
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,9 +89,9 @@ def test_the_command_scores_every_good_file_and_names_every_bad_one(corpus, tiny
         lines = [line for line in err.splitlines() if f'{os.sep}{name}' in line]
         assert lines and reason in lines[0], (name, err)
     assert f'{len(bad)} input(s) not scored, {len(good)} scored' in err
-    with open(out, encoding='utf-8', errors='surrogateescape', newline='') as f:
-        rows = list(csv.DictReader(f))
-    assert sorted(os.path.relpath(r['path'], folder) for r in rows) == sorted(good)
+    with open(out, encoding='utf-8', newline='') as f:  # valid UTF-8 whatever the file names
+        rows = [{**r, 'path': decode_path(r['path'])} for r in csv.DictReader(f)]
+    assert sorted(os.path.relpath(r['path'], folder) for r in rows) == sorted(good)  # exact names, recovered
     assert all(0.0 <= float(r['quality']) <= 1.0 for r in rows)
 
     metric_rows = {os.path.relpath(r['path'], folder): float(r['quality']) for r in rows}

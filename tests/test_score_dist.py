@@ -13,7 +13,7 @@ from PIL import Image
 
 import uiqa_plugin.scoring.loader as loader
 import uiqa_plugin.scoring.outputs as outputs
-from uiqa_plugin.tools.output_table import write_table
+from uiqa_plugin.scoring.table import write_table
 from uiqa_plugin.tools.score import build_parser, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,13 +98,17 @@ def test_resume_after_a_kill_scores_only_the_rest(tiny_clip_files, photos, tmp_p
     assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
     everything = sorted(str(p) for p in photos.iterdir())
     broken = str(photos / 'broken.png')
-    assert written[0] == broken and scored == [p for p in everything if p == broken or p not in written]
+    # the failure recorded before the kill is not tried again: it is reported, and the exit status says so
+    assert written[0] == broken and scored == [p for p in everything if p not in written]
     assert out.read_text() == full.read_text()
     assert not list(tmp_path.glob('scores.json.part-*'))
 
-    scored.clear()  # resuming a finished table scores nothing new but the failure, and keeps every row
+    scored.clear()  # resuming a finished table scores nothing, keeps every row, and still names the failure
     assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
-    assert scored == [str(photos / 'broken.png')] and out.read_text() == full.read_text()
+    assert scored == [] and out.read_text() == full.read_text()
+    scored.clear()  # --retry-failed scores the failed image again, and only that one
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--retry-failed', '--workers', '0']) == 1
+    assert scored == [broken] and out.read_text() == full.read_text()
 
 
 def test_resume_refuses_a_table_of_other_columns(tiny_clip_files, photos, tmp_path, capsys):
@@ -148,8 +152,8 @@ def test_a_failed_write_keeps_the_rows(tiny_clip_files, photos, tmp_path, monkey
     assert len(parts[0].read_text().splitlines()) == 1 + 8  # header line + 7 rows + 1 failure
     monkeypatch.undo()
     monkeypatch.setattr(loader, 'iter_scores', lambda model, paths, **kw: iter([(0, None, 'x: retried')]))
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume']) == 1
-    assert len(read_csv(out)) == 7  # the rows came from the part file, nothing was scored again
+    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--retry-failed']) == 1
+    assert len(read_csv(out)) == 7  # the rows came from the part file, only the failed image was tried again
 
 
 def test_concurrent_writers_each_leave_a_whole_table(tmp_path):

@@ -25,6 +25,8 @@ import re
 
 import yaml
 
+from uiqa_plugin.checkpoint_io import looks_like_path
+
 TOP_LEVEL = {
     'name': str, 'model_type': str, 'num_gpu': (int, str), 'manual_seed': int, 'datasets': dict,
     'network_g': dict, 'path': dict, 'train': dict, 'val': dict, 'logger': dict, 'dist_params': dict,
@@ -176,8 +178,7 @@ def _check_network(net_opt, where, problems, check_environment):
         return None
     _check_kwargs(arch, net_opt, where, net_opt['type'], problems)
     pretrained = net_opt.get('clip_pretrained')
-    if check_environment and isinstance(pretrained, str) and (pretrained.endswith(('.pt', '.pth', '.bin'))
-                                                              or '/' in pretrained):
+    if check_environment and looks_like_path(pretrained):
         if not osp.isfile(osp.expanduser(pretrained)):
             problems.append(f'{where}.clip_pretrained: file not found: {pretrained}')
     return arch
@@ -435,8 +436,8 @@ def _check_image_metric(name, metric_opt, where, problems, check_environment):
     if check_environment:
         for key in ('checkpoint', 'clip_pretrained'):
             value = metric_opt.get(key)
-            if isinstance(value, str) and (key == 'checkpoint' or value.endswith(('.pt', '.pth', '.bin'))
-                                           or '/' in value) and not osp.isfile(osp.expanduser(value)):
+            if isinstance(value, str) and (key == 'checkpoint' or looks_like_path(value)) \
+                    and not osp.isfile(osp.expanduser(value)):
                 problems.append(f'{where}.{key}: file not found: {value}')
         if metric_opt.get('device') is not None:
             try:

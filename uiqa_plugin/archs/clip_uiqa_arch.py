@@ -18,7 +18,7 @@ from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_diffe
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
+from uiqa_plugin.clip import check_pos_embed_mode, load_clip
 from uiqa_plugin.clip_precision import check_precision
 from uiqa_plugin.prompts import resolve_attributes
 

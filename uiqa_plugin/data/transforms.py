@@ -399,3 +399,38 @@ def view_transform_specs(views=None, train=False, io_backend=None, resize=None, 
     specs.append({'type': 'Normalize', 'mean': mean, 'std': std, 'keys': names})
     specs.append({'type': 'Collect', 'keys': names})
     return specs
+
+
+def evaluation_transform_specs(model):
+    """The evaluation transform chain (a list of transform dicts) that turns an image file into ``model``'s views.
+
+    For a trained model, the preprocessing stored in its checkpoint (the validation dataset's
+    ``resize``, ``views``, ``mean``/``std`` or explicit ``transforms``), read from disk; else the
+    model's views with CLIP's normalization when it expects normalized input. The chain starts
+    with ``LoadImage`` and ends with ``Normalize`` (possibly a no-op) and ``Collect``.
+    """
+    inner = getattr(model, 'metric', model)  # uiqa-profile's scorer wraps a metric
+    pre = getattr(model, 'preprocessing', None) or getattr(inner, 'preprocessing', None)
+    names = list(getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image'])
+    if pre and pre.get('transforms'):
+        specs = [dict(s) for s in pre['transforms']]
+        if specs[0].get('type') != 'LoadImage':
+            specs.insert(0, {'type': 'LoadImage'})
+        if specs[-1].get('type') != 'Collect':
+            specs.append({'type': 'Collect'})
+        for spec in specs:
+            if spec.get('type') == 'LoadImage':
+                spec['io_backend'] = None  # files on disk, whatever the training read from
+        return specs
+    if pre:
+        return view_transform_specs(pre.get('views') or names, train=False, resize=pre.get('resize'),
+                                    mean=pre.get('mean'), std=pre.get('std'))
+    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None) or names
+    normalized = getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False))
+    return view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,
+                                std=CLIP_STD if normalized else None)
+
+
+def view_pipeline(model):
+    """The evaluation transform (a callable on samples) that turns an image file into the views ``model`` takes."""
+    return build_transforms(evaluation_transform_specs(model), train=False)

@@ -30,7 +30,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from uiqa_plugin.checkpoint_io import CheckpointReadError, load_checkpoint, save_checkpoint
+from uiqa_plugin.checkpoint_io import TRUST_HINT, CheckpointReadError, load_checkpoint, looks_like_path, save_checkpoint
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
@@ -53,12 +53,6 @@ def gather_objects(obj):
 
 #: arch options that name CLIP weights; stored as absolute paths when they are files
 CLIP_PATH_KEYS = ('clip_model', 'clip_pretrained')
-TRUST_HINT = '--trust-checkpoint (or path.trust_checkpoint: true in the option file)'
-
-
-def looks_like_path(value):
-    return isinstance(value, str) and ('/' in value or os.sep in value or
-                                       value.endswith(('.json', '.pt', '.pth', '.bin', '.safetensors')))
 
 
 def absolute_clip_paths(net_opt):

@@ -171,9 +171,9 @@ def random_weights_reason(clip_pretrained):
     path = str(clip_pretrained)
     if not osp.isfile(path):
         return None
-    from uiqa_plugin.clip_backbone import _is_torchscript
+    from uiqa_plugin.clip.pretrained import is_torchscript
     try:
-        if _is_torchscript(path):  # OpenAI's releases: trained weights
+        if is_torchscript(path):  # OpenAI's releases: trained weights
             return None
         checkpoint = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
     except Exception:  # not ours to judge here: loading the weights reports unreadable files

@@ -8,7 +8,8 @@ import sys
 import warnings
 
 from uiqa_plugin.scoring import default_workers
-from uiqa_plugin.tools.output_table import format_table, printable
+from uiqa_plugin.scoring.input_limits import MAX_PIXELS
+from uiqa_plugin.scoring.table import format_table, printable
 
 
 def add_clip_arguments(parser):
@@ -79,10 +80,40 @@ def build_parser():
     parser.add_argument('--resume', action='store_true',
                         help='score only the images that --out (and part files of an interrupted run) '
                              'do not hold yet, and keep their rows')
+    add_input_arguments(parser)
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--list-attributes', action='store_true', help='print the known attributes and exit')
     return parser
+
+
+def add_input_arguments(parser):
+    """How image files become model input, and what happens to images that cannot be scored."""
+    parser.add_argument('--max-megapixels', type=float, default=MAX_PIXELS / 1e6,
+                        help='refuse images with more pixels than this before decoding them (one row each, '
+                             'named on stderr); a large JPEG that the model resizes anyway is decoded reduced '
+                             f'instead (default: {MAX_PIXELS / 1e6:g}; RN50 holds 96 bytes per input pixel at full '
+                             'resolution; 0: no limit)')
+    parser.add_argument('--retry-failed', action='store_true',
+                        help='with --resume: score again the images an earlier run could not score (by default '
+                             'they are skipped, as recorded in OUT.run.json)')
+    parser.add_argument('--crop-border', type=int, default=0, metavar='N',
+                        help="remove N pixels from each edge before scoring, as BasicSR's metrics and "
+                             "calculate_clipiqa's crop_border do (e.g. the scale of a super-resolution model)")
+    parser.add_argument('--y-channel', action='store_true',
+                        help="score the BT.601 luma Y replicated to three channels, as calculate_clipiqa's "
+                             'test_y_channel does')
+
+
+def input_preparation(args):
+    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None."""
+    if not args.crop_border and not args.y_channel:
+        return None
+    import functools
+
+    from uiqa_plugin.metrics.clipiqa_metric import image_to_rgb  # lazy: imports basicsr
+    return functools.partial(image_to_rgb, crop_border=args.crop_border, test_y_channel=args.y_channel,
+                             channel_order='RGB')  # decoded files are RGB; BasicSR's arrays are BGR
 
 
 def print_attributes():
@@ -112,6 +143,12 @@ def usage_problem(args, ranks):
                 "CLIP's positional embedding")
     if args.resume and not args.out:
         return '--resume needs --out: the table to complete'
+    if args.retry_failed and not args.resume:
+        return '--retry-failed needs --resume: it scores again the images an earlier run of --out could not score'
+    if args.max_megapixels < 0:
+        return '--max-megapixels must be 0 (no limit) or more'
+    if args.crop_border < 0:
+        return '--crop-border must be 0 or more'
     if ranks.world > 1 and not args.out:
         return f'a run over {ranks.world} processes needs --out: the table the ranks write together'
     return None
@@ -119,7 +156,8 @@ def usage_problem(args, ranks):
 
 def load_model(args, argv, device):
     import uiqa_plugin
-    with warnings.catch_warnings():
+    from uiqa_plugin.clip.pretrained import trusting
+    with warnings.catch_warnings(), trusting(args.trust_checkpoint):  # also for a --clip-pretrained archive
         warnings.simplefilter('default')
         if args.checkpoint:
             from uiqa_plugin.api import load_trained_model
@@ -152,12 +190,24 @@ def report_failures(failures, scored):
     return 0
 
 
+def max_pixels(args):
+    return int(args.max_megapixels * 1e6) or None
+
+
+def run_record(args, metric):
+    """What makes this run's numbers (see ``scoring.provenance``), recorded with its rows."""
+    from uiqa_plugin.scoring.provenance import describe_file, describe_model
+    return describe_model(metric, checkpoint=describe_file(args.checkpoint), crop_border=args.crop_border,
+                          y_channel=args.y_channel)
+
+
 def score_to_table(args, metric):
     """No --out, one process: score everything, then print the table."""
     import uiqa_plugin
     try:
         result = uiqa_plugin.score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
-                                         progress=not args.no_progress, workers=args.workers)
+                                         progress=not args.no_progress, workers=args.workers,
+                                         max_pixels=max_pixels(args), prepare=input_preparation(args))
     except (OSError, ValueError) as exc:
         say(exc)
         return 1
@@ -165,42 +215,72 @@ def score_to_table(args, metric):
     return report_failures(result.failures, len(result.rows))
 
 
-def plan(args, names):
-    """Rank 0: {paths to score, all paths, problems, earlier rows, earlier part files} or (exit code, message)."""
+def plan(args, names, made_by):
+    """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
+    (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``."""
+    import os.path as osp
+
     from uiqa_plugin.api import collect_image_paths
     from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
     paths, problems = collect_image_paths(args.inputs)
     if args.strict and problems:
         return 1, '; '.join(f'{p}: {m}' for p, m in problems)
-    earlier, old_parts = [], leftover_parts(args.out)
+    earlier, earlier_failures, old_parts = [], [], leftover_parts(args.out)
     if args.resume:
         try:
-            earlier = previous_rows(args.out, names)
+            earlier, earlier_failures = previous_rows(args.out, names, made_by)
         except OutputError as exc:
             return 2, str(exc)
     elif old_parts:
         say(f'{len(old_parts)} part file(s) of an unfinished run next to {args.out} are left as they are; '
             'add --resume to continue that run instead')
         old_parts = []
-    done = {row['path'] for row in earlier}
-    todo = [p for p in paths if p not in done]
+    done = {osp.realpath(row['path']) for row in earlier}
+    failed = {osp.realpath(path) for path, _ in earlier_failures} - done
+    skip = done if args.retry_failed else done | failed
+    todo = [p for p in paths if osp.realpath(p) not in skip]
     if args.resume:
-        say(f'resuming: {len(paths) - len(todo)} of {len(paths)} images already scored')
-    return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier, 'old_parts': old_parts}
+        scored = sum(osp.realpath(p) in done for p in paths)
+        say(f'resuming: {scored} of {len(paths)} images already scored')
+        retried = sum(osp.realpath(p) in failed for p in paths)
+        if retried and args.retry_failed:
+            say(f'{retried} image(s) that could not be scored before are tried again')
+        elif retried:  # reported again at the end, so that the exit status says the table is incomplete
+            say(f'{retried} image(s) could not be scored before and are skipped (--retry-failed tries them again)')
+            problems = list(problems) + [(p, m) for p, m in earlier_failures if osp.realpath(p) in failed]
+    return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier,
+            'earlier_failures': earlier_failures, 'old_parts': old_parts}
 
 
 def score_streamed(args, metric, ranks):
     """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
+    from uiqa_plugin.api import output_names
+    from uiqa_plugin.scoring.outputs import OutputError, OutputLock
+    names = output_names(metric)
+    made_by = run_record(args, metric)
+    job, lock = None, None
+    if ranks.is_main:  # rank 0 plans, merges and removes part files: it holds the table's lock throughout
+        try:
+            lock = OutputLock(args.out).acquire()
+            job = plan(args, names, made_by)
+        except OutputError as exc:  # another run writes this table
+            job = (2, str(exc))
+    try:
+        return _score_planned(args, metric, ranks, names, made_by, job)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _score_planned(args, metric, ranks, names, made_by, job):
+    """Score rank 0's plan ``job`` (a dict, or (exit code, message) to stop every rank), merge on rank 0."""
     import uuid
 
     from tqdm import tqdm
 
-    from uiqa_plugin.api import output_names
     from uiqa_plugin.data.image_io import ImageReadError
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
-    names = output_names(metric)
-    job = plan(args, names) if ranks.is_main else None
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
     shared = ranks.share(job if isinstance(job, tuple) else (job['todo'], uuid.uuid4().hex[:8]) if job else None)
     if isinstance(shared[0], int):  # every rank stops with rank 0's message
@@ -210,11 +290,12 @@ def score_streamed(args, metric, ranks):
     shard = ranks.shard(todo)
     part = part_path(args.out, job_id, ranks.rank)
     try:
-        with PartWriter(part, names) as writer, \
+        with PartWriter(part, names, made_by) as writer, \
                 tqdm(total=len(shard), desc='scoring', unit='img',
                      disable=args.no_progress or not ranks.is_main) as bar:
             for index, scores, error in iter_scores(metric, shard, batch_size=args.batch_size,
-                                                    workers=min(args.workers, len(shard) // 2), progress=bar):
+                                                    workers=min(args.workers, len(shard) // 2), progress=bar,
+                                                    max_pixels=max_pixels(args), prepare=input_preparation(args)):
                 writer.write(shard[index], scores, error)
                 if error is not None and args.strict:
                     raise ImageReadError(error)
@@ -232,12 +313,12 @@ def score_streamed(args, metric, ranks):
             f'machine shares; copy them next to {args.out} and rerun with --resume to merge them')
         return 1
     try:
-        rows, failures = merge_rows(job['paths'], names, job['earlier'], parts)
+        rows, failures, failed = merge_rows(job['paths'], names, job['earlier'], parts, job['earlier_failures'])
     except OutputError as exc:  # a part file damaged by something else than a kill
         say(exc)
         return 1
     try:
-        write_merged(args.out, rows, names, parts + job['old_parts'])
+        write_merged(args.out, rows, names, parts + job['old_parts'], made_by, failed)
     except OutputError as exc:
         say(exc)
         if not any(os.path.exists(p) for p in parts):  # the folder itself went away: the rows go to stdout
@@ -255,7 +336,7 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
+    from uiqa_plugin.clip.errors import CLI_OPTION_NAMES, ClipLoadError
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
@@ -282,8 +363,8 @@ def main(argv=None):
     except ClipLoadError as exc:
         say(exc.message(CLI_OPTION_NAMES))
         return 2
-    except (KeyError, ValueError) as exc:
-        say(exc.args[0] if exc.args else exc)
+    except (KeyError, ValueError) as exc:  # unreadable, refused or non-finite weights, unknown attributes
+        say(exc)
         return 2
     if not args.out:
         return score_to_table(args, metric)
