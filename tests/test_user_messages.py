@@ -40,3 +40,14 @@ def test_every_command_help_shows_examples(module, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert 'examples:' in out and f'uiqa-{module} ' in out.split('examples:')[1]
+
+
+def test_build_lmdb_with_a_missing_folder_says_so_without_a_traceback(tmp_path, capsys):
+    from test_lmdb import load_script
+    code = load_script('build_lmdb').main(['--dataroot', str(tmp_path / 'nope'), '--out', str(tmp_path / 'x.lmdb')])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == f'build_lmdb.py: --dataroot {tmp_path / "nope"}: no such folder'
+    assert not (tmp_path / 'x.lmdb').exists()
+    code = load_script('build_lmdb').main(['--dataroot', str(tmp_path), '--meta-file', str(tmp_path / 'no.csv'),
+                                           '--out', str(tmp_path / 'x.lmdb')])
+    assert code == 2 and 'no.csv' in capsys.readouterr().err
