@@ -179,3 +179,30 @@ def test_a_batch_larger_than_the_training_set():
     with pytest.raises(OptionError, match=r"batch_size_per_gpu: 8, but training set 'tr' has 10 samples "
                                           r"\(x1 dataset_enlarge_ratio over 2 processes: 5 per process\)"):
         check_train_batches(Data(), {'name': 'tr', 'batch_size_per_gpu': 8}, world_size=2)
+
+
+def test_checking_a_file_runs_none_of_its_imports_unless_asked(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from uiqa_plugin.options import main
+    (tmp_path / 'toolbox_side_effect.py').write_text(
+        'import pathlib\npathlib.Path(__file__).with_name("ran").write_text("1")\n')
+    opt = copy.deepcopy(GOOD)
+    opt['imports'] = [str(tmp_path / 'toolbox_side_effect.py')]
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    assert main(['--portable', str(tmp_path / 'opt.yml')]) == 1
+    out = capsys.readouterr().out
+    assert not (tmp_path / 'ran').exists()
+    assert f'imports: {tmp_path / "toolbox_side_effect.py"} not imported: checking a file runs none of its code; ' \
+           f'pass --import {tmp_path / "toolbox_side_effect.py"} to allow it' in out
+    assert main(['--portable', '--import', str(tmp_path / 'toolbox_side_effect.py'), str(tmp_path / 'opt.yml')]) == 0
+    assert (tmp_path / 'ran').exists() and 'ok ' in capsys.readouterr().out
+
+
+def test_options_help_says_imports_run_only_with_import(capsys):
+    from uiqa_plugin.options import main
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'are NOT imported (importing runs their code): name each with --import' in text

@@ -474,13 +474,22 @@ def _check_num_gpu(opt, problems):
                             f"use num_gpu: auto (all there are, or the CPU) or {available}")
 
 
-def _import_user_modules(opt, problems):
+def _import_user_modules(opt, problems, run_imports=True):
+    """Import the modules of ``imports:`` (they register users' classes); with ``run_imports=False`` only
+    those already imported (named with ``--import``): a file that is only being checked runs no code."""
     if 'imports' not in opt:
         return
-    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    from uiqa_plugin.user_modules import IMPORTED, UserModuleError, import_user_modules, split_names
     imports = opt['imports']
     if not (isinstance(imports, str) or (isinstance(imports, list) and all(isinstance(i, str) for i in imports))):
         problems.append(f'imports: expected a module name or a list of them, got {imports!r}')
+        return
+    if not run_imports:
+        skipped = [name for name in split_names(imports) if name not in IMPORTED
+                   and osp.abspath(osp.expanduser(name)) not in IMPORTED]
+        if skipped:
+            problems.append(f'imports: {", ".join(skipped)} not imported: checking a file runs none of its code; '
+                            f'pass {" ".join("--import " + n for n in skipped)} to allow it')
         return
     try:
         import_user_modules(imports)
@@ -490,17 +499,18 @@ def _import_user_modules(opt, problems):
 
 # ----------------------------------------------------------------------------- entry points
 
-def validate_options(opt, is_train=True, source='options', check_environment=True):
+def validate_options(opt, is_train=True, source='options', check_environment=True, run_imports=True):
     """Check a loaded option dict; raises OptionError listing every problem.
 
-    Imports the modules of ``imports`` first (users' registered classes), then checks.
+    Imports the modules of ``imports`` first (users' registered classes), then checks; with
+    ``run_imports=False`` it imports none (a module not imported yet is a problem to report).
     ``check_environment=False`` skips file-existence and GPU checks (a recipe for another machine).
     """
     from basicsr.utils.registry import MODEL_REGISTRY
     problems = []
     if not isinstance(opt, dict):
         raise OptionError(f'{source}: the file must hold a mapping of options')
-    _import_user_modules(opt, problems)
+    _import_user_modules(opt, problems, run_imports)
     from_checkpoint = not is_train and isinstance(opt.get('path'), dict) and opt['path'].get('pretrain_network_g')
     for key in ('name', 'model_type', 'datasets', 'network_g'):
         if key not in opt and not (key == 'network_g' and from_checkpoint):  # test.py reads it from the checkpoint
@@ -554,8 +564,8 @@ def validate_options(opt, is_train=True, source='options', check_environment=Tru
     return opt
 
 
-def load_options(path, is_train=True, check_environment=True):
-    """Read and validate an option YAML."""
+def load_options(path, is_train=True, check_environment=True, run_imports=True):
+    """Read and validate an option YAML (``run_imports``: as for ``validate_options``)."""
     if not osp.isfile(path):
         raise OptionError(f'{path}: option file not found')
     with open(path, encoding='utf-8') as f:
@@ -563,7 +573,8 @@ def load_options(path, is_train=True, check_environment=True):
             opt = yaml.safe_load(f)
         except yaml.YAMLError as exc:
             raise OptionError(f'{path}: not valid YAML ({exc})') from exc
-    return validate_options(opt, is_train=is_train, source=path, check_environment=check_environment)
+    return validate_options(opt, is_train=is_train, source=path, check_environment=check_environment,
+                            run_imports=run_imports)
 
 
 def validate_option_file(argv, is_train=True):
@@ -600,25 +611,37 @@ def check_train_batches(dataset, dataset_opt, world_size=1):
                           f'0 iterations: use batch_size_per_gpu <= {per_rank} or more data')
 
 
+CLI_DESCRIPTION = """Validate option files, one line each, before any work starts.
+
+The modules a file lists under imports: are NOT imported (importing runs their code): name each
+with --import to allow it; without, the file is reported invalid and says which to pass."""
+
+
 def main(argv=None):
-    """``python -m uiqa_plugin.options [--portable] [--test] FILE...``: validate option files, one line each."""
+    """``python -m uiqa_plugin.options [--portable] [--import MODULE] FILE...``: validate option files."""
     import argparse
-    parser = argparse.ArgumentParser(prog='python -m uiqa_plugin.options', description=main.__doc__)
+    parser = argparse.ArgumentParser(prog='python -m uiqa_plugin.options', description=CLI_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('files', nargs='+')
     parser.add_argument('--portable', action='store_true',
                         help='skip checks of this machine (data and weight files, GPUs)')
-    parser.add_argument('--import', dest='imports', action='append', default=[], help='user module to import first')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help="import this module first (a dotted name or a .py file): it runs the module's code; "
+                             "the files' own imports: lists are imported only when named here")
     args = parser.parse_args(argv)
-    import uiqa_plugin  # noqa: F401
-    from uiqa_plugin.user_modules import import_user_modules
-    import_user_modules(args.imports)
+    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+    except UserModuleError as exc:
+        print(f'invalid --import: {exc}')
+        return 1
     failed = 0
     for path in args.files:
         try:
             with open(path, encoding='utf-8') as f:
                 raw = yaml.safe_load(f)
             is_train = isinstance(raw, dict) and isinstance(raw.get('train'), dict)
-            load_options(path, is_train=is_train, check_environment=not args.portable)
+            load_options(path, is_train=is_train, check_environment=not args.portable, run_imports=False)
             print(f'ok      {path}')
         except (OptionError, OSError, yaml.YAMLError) as exc:
             failed += 1
