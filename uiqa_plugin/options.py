@@ -168,19 +168,114 @@ def check_device(device, key='--device'):
 
 # ----------------------------------------------------------------------------- parts
 
-def _check_network(net_opt, where, problems, check_environment):
+def network_problems(net_opt, where='network_g', check_environment=True):
+    """(arch class or None, messages) for a ``network_g`` block: its type, its keys, and each value
+    against the choices and ranges the arch declares (``option_rules``, see ``uiqa_plugin.option_rules``)."""
     from basicsr.utils.registry import ARCH_REGISTRY
-    arch = registry_lookup(ARCH_REGISTRY, net_opt.get('type'))
+
+    from uiqa_plugin.option_rules import rule_problems
+    if not isinstance(net_opt, dict):
+        return None, [f'{where}: expected a mapping {{type: ARCH, ...}}, got {net_opt!r}']
+    if 'type' not in net_opt:
+        return None, [f'{where}.type: required (the arch, e.g. CLIPUIQA)']
+    arch = registry_lookup(ARCH_REGISTRY, net_opt['type'])
     if arch is None:
-        problems.append(_unknown_type(ARCH_REGISTRY, net_opt.get('type'), 'arch', where))
-        return None
+        return None, [_unknown_type(ARCH_REGISTRY, net_opt['type'], 'arch', where)]
+    problems = []
     _check_kwargs(arch, net_opt, where, net_opt['type'], problems)
+    problems += rule_problems(getattr(arch, 'option_rules', {}), net_opt, where)
     pretrained = net_opt.get('clip_pretrained')
     if check_environment and isinstance(pretrained, str) and (pretrained.endswith(('.pt', '.pth', '.bin'))
                                                               or '/' in pretrained):
         if not osp.isfile(osp.expanduser(pretrained)):
             problems.append(f'{where}.clip_pretrained: file not found: {pretrained}')
+    return arch, problems
+
+
+def _check_network(net_opt, where, problems, check_environment):
+    arch, found = network_problems(net_opt, where, check_environment)
+    problems.extend(found)
     return arch
+
+
+def _transform_classes():
+    from uiqa_plugin.data.transforms import TRANSFORM_REGISTRY, CenterCrop, Fragment, Resize
+    return TRANSFORM_REGISTRY, {'image': Resize, 'fragments': Fragment, 'salient': CenterCrop, 'resize': Resize}
+
+
+def _transform_options_problems(cls, options, where, skip=('type',)):
+    from uiqa_plugin.option_rules import rule_problems
+    problems = []
+    _check_kwargs(cls, options, where, cls.__name__, problems, skip=skip)
+    return problems + rule_problems(getattr(cls, 'option_rules', {}), options, where)
+
+
+def preprocessing_problems(block, where):
+    """Messages for the preprocessing options of a dataset (or of a checkpoint's ``preprocessing``):
+    ``views`` (names and each view's options), ``resize`` and explicit ``transforms`` lists."""
+    if not isinstance(block, dict):
+        return [f'{where}: expected a mapping, got {block!r}'] if block is not None else []
+    registry, by_view = _transform_classes()
+    prefix = f'{where}.' if where else ''
+    problems = []
+    views = block.get('views')
+    if isinstance(views, (str, list, tuple)):
+        views = {v: {} for v in ([views] if isinstance(views, str) else views)} \
+            if all(isinstance(v, str) for v in ([views] if isinstance(views, str) else views)) else views
+    if isinstance(views, dict):
+        from uiqa_plugin.option_rules import did_you_mean
+        for name, options in views.items():
+            if name not in ('image', 'fragments', 'salient'):
+                problems.append(f'{prefix}views.{name}: unknown view (views are image, fragments, salient)' +
+                                did_you_mean(name, ('image', 'fragments', 'salient')))
+            elif options is not None and not isinstance(options, dict):
+                problems.append(f'{prefix}views.{name}: expected a mapping of options, got {options!r}')
+            elif options:
+                problems += _transform_options_problems(by_view[name], options, f'{prefix}views.{name}',
+                                                        skip=('type', 'source', 'name', 'keys'))
+    elif views is not None:
+        problems.append(f'{prefix}views: expected view names or a mapping {{view: options}}, got {views!r}')
+    if block.get('resize'):
+        problems += _transform_options_problems(by_view['resize'], block['resize'], f'{prefix}resize',
+                                                skip=('type', 'keys'))
+    specs = block.get('transforms')
+    if specs is not None and not isinstance(specs, list):
+        problems.append(f'{prefix}transforms: expected a list of {{type: TRANSFORM, ...}}, got {specs!r}')
+    for i, spec in enumerate(specs if isinstance(specs, list) else []):
+        at = f'{prefix}transforms[{i}]'
+        if not isinstance(spec, dict) or 'type' not in spec:
+            problems.append(f'{at}: expected a mapping with a "type" (a transform), got {spec!r}')
+            continue
+        cls = registry_lookup(registry, spec['type'])
+        if cls is None:
+            problems.append(_unknown_type(registry, spec['type'], 'transform', at))
+        else:
+            problems += _transform_options_problems(cls, spec, at)
+    return problems
+
+
+def check_checkpoint_options(ckpt, source, imports=None):
+    """The options a checkpoint carries (``network_g``, ``preprocessing``, ``view_options``), checked by the
+    same rules as an option file before any model is built; returns a copy of ``network_g``.
+
+    Raises OptionError naming ``source`` and each key. ``imports``: the user modules the checkpoint
+    names, for the message about an arch no module registered.
+    """
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from uiqa_plugin.user_modules import unknown_arch_message
+    net_opt = ckpt.get('network_g')
+    if isinstance(net_opt, dict) and isinstance(net_opt.get('type'), str) \
+            and registry_lookup(ARCH_REGISTRY, net_opt['type']) is None:  # the user's own: say what to import
+        raise OptionError(unknown_arch_message(source, net_opt['type'], imports))
+    _, problems = network_problems(net_opt, 'network_g', check_environment=False)
+    problems += preprocessing_problems(ckpt.get('preprocessing'), 'preprocessing')
+    if ckpt.get('view_options') is not None:
+        problems += preprocessing_problems({'views': ckpt['view_options']}, 'view_options')
+    if problems:
+        raise OptionError(f'{source}: the options stored in this checkpoint have {len(problems)} problem(s):\n  - ' +
+                          '\n  - '.join(problems))
+    return dict(ckpt['network_g'])
 
 
 def _dataset_normalizes(ds_opt):
@@ -227,6 +322,7 @@ def _check_dataset(phase, ds_opt, problems, check_environment):
         problems.append(_unknown_type(DATASET_REGISTRY, ds_opt.get('type'), 'dataset', where))
     elif hasattr(cls, 'unknown_options'):
         problems.extend(f'{where}: {message}' for message in cls.unknown_options(ds_opt))
+        problems.extend(preprocessing_problems(ds_opt, where))
     for key, types in DATASET_COMMON.items():
         if key in ds_opt and not _is_type(ds_opt[key], types):
             problems.append(f'{where}.{key}: expected {_type_name(types)}, got {ds_opt[key]!r}')
