@@ -157,7 +157,8 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     metric = uiqa_plugin.create_metric('natural,happy,aesthetic,new,complex,scary,happy@ensemble',
                                        clip_model=write_config(tmp_path, 'tiny_eval', TINY_RN_CONFIG),
                                        clip_pretrained=None, device='cpu')
-    rows, scores = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    rows, scores, skipped = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    assert skipped == []
     assert [r['attribute'] for r in rows] == metric.attribute_names
     assert rows[-1]['column'] == 'happy' and rows[2]['column'] == 'aesthetics'
     with torch.no_grad():

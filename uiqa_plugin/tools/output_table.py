@@ -66,3 +66,9 @@ def format_table(rows, columns, digits=4):
     lines = ['  '.join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ['  '.join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))) for r in body]
     return '\n'.join(lines)
+
+
+def missing_folder(path):
+    """The folder of ``path`` if it does not exist yet (writing there creates it: commands say so), else None."""
+    folder = osp.dirname(osp.abspath(path))
+    return None if osp.isdir(folder) else folder
