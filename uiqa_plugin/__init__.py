@@ -9,6 +9,7 @@ import importlib
 import threading
 
 from uiqa_plugin import compat as _compat
+from uiqa_plugin.perception import ensembles as _ensembles  # noqa: F401  (the @ensemble prompt sets; cheap)
 from uiqa_plugin.version import __version__  # noqa: F401
 
 #: the subpackages whose modules register classes (BasicSR's registries, the @ensemble prompt sets)

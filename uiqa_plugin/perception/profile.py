@@ -146,7 +146,7 @@ def read_score_table(path):
     rows = []
     for number, record in enumerate(raw, start=1):
         row = {'path': str(record.get('path') or '')}
-        if str(record.get(RANDOM_WEIGHTS_COLUMN, '')).lower() == 'true':
+        if str(record.get(RANDOM_WEIGHTS_COLUMN, '')).lower() in ('1', '1.0', 'true'):
             row[RANDOM_WEIGHTS_COLUMN] = True  # scored by a random CLIP: the report shows the banner
         if not row['path']:
             raise ValueError(f'{path}: row {number} has no path')
@@ -162,7 +162,8 @@ def read_score_table(path):
 
 #: key that scripts/make_tiny_clip.py sets in its weight file: the weights are random
 RANDOM_WEIGHTS_KEY = 'random_weights'
-#: column of every table scored with random CLIP weights (value true on each row), so the note travels with them
+#: column of every table scored with random CLIP weights (1 on each row: a number, so that every reader of
+#: score tables, resuming ones included, takes it), so the note travels with the scores
 RANDOM_WEIGHTS_COLUMN = 'random_weights'
 #: the caption of charts drawn from such scores
 RANDOM_WEIGHTS_CAPTION = 'RANDOM WEIGHTS: these scores are meaningless'
@@ -178,10 +179,11 @@ def model_random_weights_reason(model):
 
 
 def mark_random_weights(rows, columns, reason):
-    """(rows, columns) with a ``random_weights`` column set to true on each row when ``reason`` is not None."""
+    """(rows, columns) with a ``random_weights`` column set to 1 on each row when ``reason`` is not None."""
     if not reason:
         return rows, list(columns)
-    return [dict(row, **{RANDOM_WEIGHTS_COLUMN: 'true'}) for row in rows], list(columns) + [RANDOM_WEIGHTS_COLUMN]
+    columns = list(columns) + ([RANDOM_WEIGHTS_COLUMN] if RANDOM_WEIGHTS_COLUMN not in columns else [])
+    return [dict(row, **{RANDOM_WEIGHTS_COLUMN: 1}) for row in rows], columns
 
 
 def table_random_weights_reason(rows):

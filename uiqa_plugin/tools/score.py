@@ -8,7 +8,7 @@ import sys
 import warnings
 
 from uiqa_plugin.scoring import default_workers
-from uiqa_plugin.tools.output_table import format_table, printable
+from uiqa_plugin.tools.output_table import format_table, missing_folder, printable
 
 
 def add_clip_arguments(parser):
@@ -98,8 +98,8 @@ def say(message):
     print(printable(f'uiqa-score: {message}'), file=sys.stderr)
 
 
-def usage_problem(args, ranks):
-    """The first problem with the options that needs no model, or None."""
+def usage_problem(args, world):
+    """The first problem with the options that needs no model, or None (``world``: processes in the run)."""
     if args.batch_size < 1:
         return '--batch-size must be at least 1'
     if args.workers < 0:
@@ -110,16 +110,24 @@ def usage_problem(args, ranks):
     if args.checkpoint and args.keep_pos_embed:
         return ('--keep-pos-embed does not apply to --checkpoint: the checkpoint says whether its model keeps '
                 "CLIP's positional embedding")
+    if args.attributes is not None and not args.checkpoint:
+        from uiqa_plugin.prompts import resolve_attributes
+        try:
+            resolve_attributes(args.attributes)  # names only: no model needed to say that one is unknown
+        except (KeyError, ValueError) as exc:
+            return exc.args[0] if exc.args else str(exc)
     if args.resume and not args.out:
         return '--resume needs --out: the table to complete'
-    if ranks.world > 1 and not args.out:
-        return f'a run over {ranks.world} processes needs --out: the table the ranks write together'
+    if world > 1 and not args.out:
+        return f'a run over {world} processes needs --out: the table the ranks write together'
     return None
 
 
 def load_model(args, argv, device):
     import uiqa_plugin
     with warnings.catch_warnings():
+        # a random CLIP is said in plain words after loading (see main), not as a warning with a source line
+        warnings.filterwarnings('ignore', message='.*RANDOM weights.*')
         warnings.simplefilter('default')
         if args.checkpoint:
             from uiqa_plugin.api import load_trained_model
@@ -165,6 +173,18 @@ def score_to_table(args, metric):
     return report_failures(result.failures, len(result.rows))
 
 
+def nothing_to_score(args):
+    """Before CLIP loads: say so when the inputs hold no image at all (no table is written then)."""
+    from uiqa_plugin.api import collect_image_paths
+    paths, problems = collect_image_paths(args.inputs)
+    if paths:
+        return False
+    for path, message in problems:
+        say(f'{path}: {message}')
+    say('nothing to score: no image file among the inputs' + (f'; {args.out} not written' if args.out else ''))
+    return True
+
+
 def plan(args, names):
     """Rank 0: {paths to score, all paths, problems, earlier rows, earlier part files} or (exit code, message)."""
     from uiqa_plugin.api import collect_image_paths
@@ -189,8 +209,9 @@ def plan(args, names):
     return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier, 'old_parts': old_parts}
 
 
-def score_streamed(args, metric, ranks):
-    """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
+def score_streamed(args, metric, ranks, random_weights=None):
+    """--out: every rank streams its shard to a part file; rank 0 merges them into the table
+    (with a ``random_weights`` column when ``random_weights`` gives the reason)."""
     import uuid
 
     from tqdm import tqdm
@@ -199,8 +220,10 @@ def score_streamed(args, metric, ranks):
     from uiqa_plugin.data.image_io import ImageReadError
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
+    from uiqa_plugin.perception.profile import mark_random_weights
     names = output_names(metric)
-    job = plan(args, names) if ranks.is_main else None
+    table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
+    job = plan(args, table_names) if ranks.is_main else None
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
     shared = ranks.share(job if isinstance(job, tuple) else (job['todo'], uuid.uuid4().hex[:8]) if job else None)
     if isinstance(shared[0], int):  # every rank stops with rank 0's message
@@ -237,7 +260,8 @@ def score_streamed(args, metric, ranks):
         say(exc)
         return 1
     try:
-        write_merged(args.out, rows, names, parts + job['old_parts'])
+        write_merged(args.out, mark_random_weights(rows, names, random_weights)[0], table_names,
+                     parts + job['old_parts'])
     except OutputError as exc:
         say(exc)
         if not any(os.path.exists(p) for p in parts):  # the folder itself went away: the rows go to stdout
@@ -255,7 +279,8 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
+    # Imported here, and torch only once the options are known to be good, to keep --help and option
+    # errors fast (lazy imports for start-up time).
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
@@ -265,18 +290,25 @@ def main(argv=None):
     except (OptionError, UserModuleError) as exc:
         say(str(exc))
         return 2
-    from uiqa_plugin.scoring.distributed import Ranks
     from uiqa_plugin.scoring.outputs import OutputError, check_output_path
-    ranks = Ranks()
-    problem = usage_problem(args, ranks)
-    if problem is None and args.out:
-        try:
-            check_output_path(args.out)
-        except OutputError as exc:
-            problem = str(exc)
+    problem = usage_problem(args, int(os.environ.get('WORLD_SIZE', 1)))  # the launcher's count, as Ranks reads it
     if problem:
         say(problem)
         return 2
+    if nothing_to_score(args):
+        return 1
+    if args.out:
+        if missing_folder(args.out):
+            say(f'creating folder {missing_folder(args.out)} for --out')
+        try:
+            check_output_path(args.out)
+        except OutputError as exc:
+            say(exc)
+            return 2
+    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
+    from uiqa_plugin.perception.profile import model_random_weights_reason
+    from uiqa_plugin.scoring.distributed import Ranks
+    ranks = Ranks()
     try:
         metric = load_model(args, argv, rank_device(args, ranks))
     except ClipLoadError as exc:
@@ -285,11 +317,14 @@ def main(argv=None):
     except (KeyError, ValueError) as exc:
         say(exc.args[0] if exc.args else exc)
         return 2
+    random_weights = model_random_weights_reason(metric)
+    if random_weights and ranks.is_main:
+        say(f'note: {random_weights}' + (' The table says so in its random_weights column.' if args.out else ''))
     if not args.out:
         return score_to_table(args, metric)
     ranks.start()
     try:
-        return score_streamed(args, metric, ranks)
+        return score_streamed(args, metric, ranks, random_weights)
     finally:
         ranks.close()
 
