@@ -171,3 +171,13 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     partial = read_ratings(_write(tmp_path / 'more.csv', 'image,cosiness\n1,0.5\n2,0.1\n'))
     with pytest.raises(KeyError, match='cosiness'):
         evaluate_ratings(metric, partial, str(folder), progress=False)
+
+
+def test_agreement_chart_caption_and_plain_text_names(tmp_path):
+    rows = [{'attribute': 'cost $\\nope$', 'plcc': 0.5, 'srcc': 0.4, 'krcc': 0.3, '2afc': 0.6},
+            {'attribute': 'happy', 'plcc': 0.1, 'srcc': 0.2, 'krcc': 0.1, '2afc': 0.55}]
+    path = tmp_path / 'agree.svg'
+    figure = plot_agreement(rows, str(path), title='Agreement with $\\nope$.csv', caption='RANDOM WEIGHTS')
+    assert path.stat().st_size > 0
+    assert [t.get_text() for t in figure.texts][-1] == 'RANDOM WEIGHTS'
+    assert 'RANDOM WEIGHTS' in path.read_text()

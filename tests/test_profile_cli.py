@@ -368,3 +368,17 @@ def test_a_dollar_in_a_name_is_drawn_as_text(setup, tmp_path):
     assert main(['report', str(odd), '-a', 'happy', '--out', str(report)] + _clip(config)) == 0
     assert 'price $5 $\\nope$' in report.read_text()
     assert (charts / 'price $5 $\\nope$.svg').stat().st_size > 0
+
+
+def test_a_large_embedded_report_suggests_linking_images(setup, tmp_path, capsys, monkeypatch):
+    import uiqa_plugin.tools.profile as profile_tool
+    root, folder, config = setup
+    monkeypatch.setattr(profile_tool, 'LARGE_REPORT_BYTES', 1000)  # a real one: 5 MB, ~60 images at 80 KB
+    out = tmp_path / 'r.html'
+    assert main(['report', str(folder), '-a', 'happy', '--out', str(out)] + _clip(config)) == 0
+    err = capsys.readouterr().err
+    size = out.stat().st_size
+    assert f'({N_IMAGES} images, {size / 2**20:.1f} MB)' in err
+    assert f'({size / N_IMAGES / 1024:.0f} KB per image); --images link keeps it small' in err
+    assert main(['report', str(folder), '-a', 'happy', '--out', str(out), '--images', 'link'] + _clip(config)) == 0
+    assert '--images link keeps it small' not in capsys.readouterr().err
