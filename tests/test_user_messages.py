@@ -114,3 +114,28 @@ def test_uiqa_score_marks_random_weights_plainly(tiny_clip_files, tmp_path, caps
     assert list(rows[0]) == ['path', 'quality', 'random_weights'] and rows[0]['random_weights'] == '1'
     assert main([str(tmp_path / 'a.png'), '--clip-model', tiny_clip_files['config'], '--clip-pretrained', 'none',
                  '--no-progress', '--device', 'cpu', '--out', str(out), '--resume']) == 0  # resumes its own table
+
+
+def test_score_result_exports_its_table(tmp_path):
+    import csv
+    import json
+
+    from uiqa_plugin.api import ScoreResult
+    result = ScoreResult(['quality', 'happy'], rows=[{'path': 'a.png', 'quality': 0.25, 'happy': 0.5},
+                                                     {'path': 'b.png', 'quality': 0.75, 'happy': 0.125}],
+                         failures=[('c.png', 'c.png: cannot decode image')])
+    result.to_table(tmp_path / 's.csv')
+    assert list(csv.DictReader(open(tmp_path / 's.csv'))) == [{'path': 'a.png', 'quality': '0.25', 'happy': '0.5'},
+                                                              {'path': 'b.png', 'quality': '0.75', 'happy': '0.125'}]
+    result.to_table(tmp_path / 's.json')
+    assert json.loads((tmp_path / 's.json').read_text()) == result.rows
+
+
+def test_score_result_as_a_dataframe():
+    from uiqa_plugin.api import ScoreResult
+    pd = pytest.importorskip('pandas')
+    result = ScoreResult(['quality', 'happy'], rows=[{'path': 'a.png', 'quality': 0.25, 'happy': 0.5},
+                                                     {'path': 'b.png', 'quality': 0.75, 'happy': 0.125}])
+    frame = result.to_dataframe()
+    assert list(frame.columns) == ['path', 'quality', 'happy'] and frame['happy'].tolist() == [0.5, 0.125]
+    assert isinstance(frame, pd.DataFrame)

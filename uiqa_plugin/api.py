@@ -181,6 +181,20 @@ class ScoreResult:
     rows: list = field(default_factory=list)
     failures: list = field(default_factory=list)
 
+    @property
+    def columns(self):
+        return ['path'] + list(self.attribute_names)
+
+    def to_table(self, path):
+        """Write the rows to ``path``, a .csv or .json table in the format uiqa-score writes (failures are not rows)."""
+        from uiqa_plugin.scoring.outputs import write_table
+        write_table(self.rows, self.columns, os.fspath(path))
+
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (pandas is not a dependency: import error if it is missing)."""
+        import pandas as pd
+        return pd.DataFrame(self.rows, columns=self.columns)
+
 
 def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, workers=None, read_ahead=8,
                 max_aspect=MAX_ASPECT):
