@@ -218,9 +218,9 @@ def score_streamed(args, metric, ranks, random_weights=None):
 
     from uiqa_plugin.api import output_names
     from uiqa_plugin.data.image_io import ImageReadError
+    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
-    from uiqa_plugin.perception.profile import mark_random_weights
     names = output_names(metric)
     table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
     job = plan(args, table_names) if ranks.is_main else None
