@@ -332,9 +332,10 @@ def test_evaluate_skips_and_names_a_missing_image_and_reuses_a_scores_table(setu
 
 def test_random_weights_travel_with_every_written_output(setup, tmp_path, capsys):
     root, folder, config = setup
-    table = tmp_path / 'feel.json'
+    table = tmp_path / 'new' / 'feel.json'
     assert main(['profile', str(folder), '-a', 'happy', '--out', str(table)] + _clip(config)) == 0
     err = capsys.readouterr().err
+    assert f'creating folder {tmp_path / "new"} for feel.json' in err  # said, not silent
     assert 'note: CLIP has random weights (--clip-pretrained none): these scores are meaningless.' in err
     assert 'UserWarning' not in err and 'warnings.warn' not in err
     assert all(row['random_weights'] in ('1', 1) for row in json.loads(table.read_text()))
