@@ -10,7 +10,9 @@ sys.path.insert(0, osp.dirname(__file__))
 
 import subprocess  # noqa: E402
 
-import uiqa_plugin  # noqa: E402,F401  (installs the basicsr compatibility alias first)
+import uiqa_plugin  # noqa: E402  (installs the basicsr compatibility alias first)
+
+uiqa_plugin.register()  # every test module sees BasicSR's registries filled, as after any lookup
 from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
 
 

@@ -157,7 +157,8 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     metric = uiqa_plugin.create_metric('natural,happy,aesthetic,new,complex,scary,happy@ensemble',
                                        clip_model=write_config(tmp_path, 'tiny_eval', TINY_RN_CONFIG),
                                        clip_pretrained=None, device='cpu')
-    rows, scores = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    rows, scores, skipped = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    assert skipped == []
     assert [r['attribute'] for r in rows] == metric.attribute_names
     assert rows[-1]['column'] == 'happy' and rows[2]['column'] == 'aesthetics'
     with torch.no_grad():
@@ -170,3 +171,13 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     partial = read_ratings(_write(tmp_path / 'more.csv', 'image,cosiness\n1,0.5\n2,0.1\n'))
     with pytest.raises(KeyError, match='cosiness'):
         evaluate_ratings(metric, partial, str(folder), progress=False)
+
+
+def test_agreement_chart_caption_and_plain_text_names(tmp_path):
+    rows = [{'attribute': 'cost $\\nope$', 'plcc': 0.5, 'srcc': 0.4, 'krcc': 0.3, '2afc': 0.6},
+            {'attribute': 'happy', 'plcc': 0.1, 'srcc': 0.2, 'krcc': 0.1, '2afc': 0.55}]
+    path = tmp_path / 'agree.svg'
+    figure = plot_agreement(rows, str(path), title='Agreement with $\\nope$.csv', caption='RANDOM WEIGHTS')
+    assert path.stat().st_size > 0
+    assert [t.get_text() for t in figure.texts][-1] == 'RANDOM WEIGHTS'
+    assert 'RANDOM WEIGHTS' in path.read_text()

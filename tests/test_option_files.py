@@ -19,7 +19,8 @@ def test_the_design_cards_recipe_ships():
 
 
 @pytest.mark.parametrize('path', REAL, ids=osp.basename)
-def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path):
+def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths must not find what the user's working folder holds
     is_train = not osp.basename(path).startswith('test_')
     with pytest.raises(OptionError) as info:
         load_options(path, is_train=is_train)
@@ -30,7 +31,9 @@ def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path):
 
 
 @pytest.mark.parametrize('path', DEMO, ids=osp.basename)
-def test_demo_files_validate_with_the_demo_data(path, demo_data, request):
+def test_demo_files_validate_with_the_demo_data(path, demo_data, request, tmp_path, monkeypatch):
+    # relative paths (experiments/...) must not find what the user's working folder holds, e.g. after the demo
+    monkeypatch.chdir(tmp_path)
     if 'sr_msrresnet' in osp.basename(path):  # restoration recipes: SR pairs from scripts/make_sr_demo.py
         from test_sr_recipe import sr_options
         opt = sr_options(path, request.getfixturevalue('sr_data'), demo_data)

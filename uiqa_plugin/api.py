@@ -70,11 +70,10 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
         raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
                          'convert published CLIP-IQA+ weights with uiqa-convert)')
-    options = dict(ckpt['network_g'])
+    from uiqa_plugin.options import check_checkpoint_options
+    # the same rules as an option file (an OptionError is a ValueError); a user's arch must be imported first
+    options = check_checkpoint_options(ckpt, checkpoint, ckpt.get('imports'))
     arch = options.pop('type')
-    if arch not in ARCH_REGISTRY:  # a user's arch: its module must be imported first (never from the file)
-        from uiqa_plugin.user_modules import unknown_arch_message
-        raise ValueError(unknown_arch_message(checkpoint, arch, ckpt.get('imports')))
     if clip_model is not None:
         options['clip_model'] = clip_model
     if clip_pretrained is not None:
@@ -147,6 +146,20 @@ class ScoreResult:
     attribute_names: list
     rows: list = field(default_factory=list)
     failures: list = field(default_factory=list)
+
+    @property
+    def columns(self):
+        return ['path'] + list(self.attribute_names)
+
+    def to_table(self, path):
+        """Write the rows to ``path``, a .csv or .json table in the format uiqa-score writes (failures are not rows)."""
+        from uiqa_plugin.scoring.outputs import write_table
+        write_table(self.rows, self.columns, os.fspath(path))
+
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (pandas is not a dependency: import error if it is missing)."""
+        import pandas as pd
+        return pd.DataFrame(self.rows, columns=self.columns)
 
 
 def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, workers=None, read_ahead=8,

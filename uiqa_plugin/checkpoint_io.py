@@ -14,7 +14,8 @@ import os.path as osp
 import pickle
 import tempfile
 
-import torch
+# torch is imported by the functions that load or save (lazy: option checking and --help, which use
+# looks_like_path, answer without paying torch's start-up).
 
 
 #: how a user vouches for a file that needs full unpickling, on the command line or in an option file
@@ -43,6 +44,7 @@ class NonFiniteWeightsError(CheckpointReadError):
 
 def check_finite(state_dict, what):
     """Raise NonFiniteWeightsError naming ``what`` and the first keys of ``state_dict`` with NaN or inf values."""
+    import torch
     bad = [f'{key} ({int((~torch.isfinite(value)).sum())} of {value.numel()} values)'
            for key, value in state_dict.items()
            if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
@@ -60,6 +62,7 @@ def load_checkpoint(path, map_location='cpu', trust=False, what='checkpoint', tr
     trust_hint: how the user asks for trust in the interface at hand (a flag or a YAML key).
     Raises CheckpointReadError (missing / unreadable) or UnsafeCheckpointError.
     """
+    import torch
     path = os.fspath(path)
     if not osp.isfile(path):
         raise CheckpointReadError(f'{what} {path}: file not found')
@@ -121,4 +124,5 @@ def write_atomically(path, write, mode='wb', **open_kwargs):
 
 def save_checkpoint(obj, path):
     """``torch.save`` through ``write_atomically``: fsynced, renamed into place, permissions as the umask says."""
+    import torch
     return write_atomically(path, lambda f: torch.save(obj, f))

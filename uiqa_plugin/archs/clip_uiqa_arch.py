@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from uiqa_plugin.archs.clip_options import CLIP_RULES, finetune_clip_problem, prompt_block
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip import check_pos_embed_mode, load_clip
 from uiqa_plugin.clip_precision import check_precision
+from uiqa_plugin.option_rules import Names, OneOf
 from uiqa_plugin.prompts import resolve_attributes
 
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -83,6 +85,17 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
     forward(views): dict {view: (N, 3, H, W)} (or one tensor when there is one view) -> (N, 1)
     with a head, else (N, P) probabilities in [0, 1].
     """
+
+    #: choices and ranges of the options, checked before anything is built (``uiqa_plugin.option_rules``)
+    option_rules = {
+        **CLIP_RULES,
+        'views': Names(VIEW_NAMES),
+        'prompt': OneOf('learned', 'fixed'),
+        'prompt_opt': prompt_block(),
+        'aggregation': OneOf(*AGGREGATIONS),
+        'head': OneOf('auto', 'regressor', 'none'),
+        'finetune_clip': finetune_clip_problem,
+    }
 
     def __init__(self, views=VIEW_NAMES, attributes='quality', prompt='learned', prompt_opt=None,
                  aggregation='mean', head='auto', finetune_clip=(), clip_model='RN50', clip_pretrained='openai',

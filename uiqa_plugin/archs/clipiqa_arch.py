@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from uiqa_plugin.archs.clip_options import CLIP_RULES
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
 from uiqa_plugin.clip import check_pos_embed_mode, load_clip
@@ -30,6 +31,9 @@ class CLIPIQA(SharedClipMixin, nn.Module):
 
     forward: (N, 3, H, W), any H and W -> (N, P) probabilities in [0, 1], one column per attribute.
     """
+
+    #: choices and ranges of the options, checked before anything is built (``uiqa_plugin.option_rules``)
+    option_rules = CLIP_RULES
 
     def __init__(self, attributes='quality', clip_model='RN50', clip_pretrained='openai', keep_pos_embed=False,
                  input_normalized=False, ensemble='mean_prob', quick_gelu=None, precision='fp32'):

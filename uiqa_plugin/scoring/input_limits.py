@@ -11,15 +11,10 @@ import weakref
 import torch
 
 from uiqa_plugin.data.image_io import ImageReadError
+from uiqa_plugin.scoring import MAX_PIXELS  # noqa: F401 (the budget lives where --help reads it without torch)
 
 MAX_ASPECT = 100.0  # longer side / shorter side of images that are scored
 
-# Pixels per image beyond which an image is refused before decoding (uiqa-score --max-megapixels).
-# The model sees full-resolution images: RN50's stem holds 96 float32 channels (the 32 going into
-# its third convolution and the 64 coming out) at a quarter of the input's pixels, 96 bytes per
-# input pixel, so 50 megapixels (the largest camera sensors' images) need 4.8 GB at that layer;
-# 13000 x 13000 would need 16 GB.
-MAX_PIXELS = 50_000_000
 
 _MIN_SIDE = weakref.WeakKeyDictionary()  # visual tower -> smallest side
 

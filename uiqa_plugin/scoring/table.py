@@ -137,3 +137,9 @@ def read_table(path, columns):
         return [{'path': decode_path(row['path']), **{c: float(row[c]) for c in columns}} for row in data]
     except (TypeError, ValueError) as exc:
         raise OutputError(f'{path}: a score is not a number ({exc}); cannot resume from it') from exc
+
+
+def missing_folder(path):
+    """The folder of ``path`` if it does not exist yet (writing there creates it: commands say so), else None."""
+    folder = osp.dirname(osp.abspath(path))
+    return None if osp.isdir(folder) else folder

@@ -7,9 +7,8 @@ import os
 import sys
 import warnings
 
-from uiqa_plugin.scoring import default_workers
-from uiqa_plugin.scoring.input_limits import MAX_PIXELS
-from uiqa_plugin.scoring.table import format_table, printable
+from uiqa_plugin.scoring import MAX_PIXELS, default_workers
+from uiqa_plugin.scoring.table import format_table, missing_folder, printable
 
 
 def add_clip_arguments(parser):
@@ -129,8 +128,8 @@ def say(message):
     print(printable(f'uiqa-score: {message}'), file=sys.stderr)
 
 
-def usage_problem(args, ranks):
-    """The first problem with the options that needs no model, or None."""
+def usage_problem(args, world):
+    """The first problem with the options that needs no model, or None (``world``: processes in the run)."""
     if args.batch_size < 1:
         return '--batch-size must be at least 1'
     if args.workers < 0:
@@ -141,6 +140,12 @@ def usage_problem(args, ranks):
     if args.checkpoint and args.keep_pos_embed:
         return ('--keep-pos-embed does not apply to --checkpoint: the checkpoint says whether its model keeps '
                 "CLIP's positional embedding")
+    if args.attributes is not None and not args.checkpoint:
+        from uiqa_plugin.prompts import resolve_attributes
+        try:
+            resolve_attributes(args.attributes)  # names only: no model needed to say that one is unknown
+        except (KeyError, ValueError) as exc:
+            return exc.args[0] if exc.args else str(exc)
     if args.resume and not args.out:
         return '--resume needs --out: the table to complete'
     if args.retry_failed and not args.resume:
@@ -149,8 +154,8 @@ def usage_problem(args, ranks):
         return '--max-megapixels must be 0 (no limit) or more'
     if args.crop_border < 0:
         return '--crop-border must be 0 or more'
-    if ranks.world > 1 and not args.out:
-        return f'a run over {ranks.world} processes needs --out: the table the ranks write together'
+    if world > 1 and not args.out:
+        return f'a run over {world} processes needs --out: the table the ranks write together'
     return None
 
 
@@ -158,6 +163,8 @@ def load_model(args, argv, device):
     import uiqa_plugin
     from uiqa_plugin.clip.pretrained import trusting
     with warnings.catch_warnings(), trusting(args.trust_checkpoint):  # also for a --clip-pretrained archive
+        # a random CLIP is said in plain words after loading (see main), not as a warning with a source line
+        warnings.filterwarnings('ignore', message='.*RANDOM weights.*')
         warnings.simplefilter('default')
         if args.checkpoint:
             from uiqa_plugin.api import load_trained_model
@@ -215,6 +222,18 @@ def score_to_table(args, metric):
     return report_failures(result.failures, len(result.rows))
 
 
+def nothing_to_score(args):
+    """Before CLIP loads: say so when the inputs hold no image at all (no table is written then)."""
+    from uiqa_plugin.api import collect_image_paths
+    paths, problems = collect_image_paths(args.inputs)
+    if paths:
+        return False
+    for path, message in problems:
+        say(f'{path}: {message}')
+    say('nothing to score: no image file among the inputs' + (f'; {args.out} not written' if args.out else ''))
+    return True
+
+
 def plan(args, names, made_by):
     """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
     (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``."""
@@ -252,33 +271,37 @@ def plan(args, names, made_by):
             'earlier_failures': earlier_failures, 'old_parts': old_parts}
 
 
-def score_streamed(args, metric, ranks):
-    """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
+def score_streamed(args, metric, ranks, random_weights=None):
+    """--out: every rank streams its shard to a part file; rank 0 merges them into the table (with a
+    ``random_weights`` column when ``random_weights`` gives the reason)."""
     from uiqa_plugin.api import output_names
+    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.outputs import OutputError, OutputLock
     names = output_names(metric)
+    table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
     made_by = run_record(args, metric)
     job, lock = None, None
     if ranks.is_main:  # rank 0 plans, merges and removes part files: it holds the table's lock throughout
         try:
             lock = OutputLock(args.out).acquire()
-            job = plan(args, names, made_by)
+            job = plan(args, table_names, made_by)
         except OutputError as exc:  # another run writes this table
             job = (2, str(exc))
     try:
-        return _score_planned(args, metric, ranks, names, made_by, job)
+        return _score_planned(args, metric, ranks, names, table_names, made_by, job, random_weights)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _score_planned(args, metric, ranks, names, made_by, job):
+def _score_planned(args, metric, ranks, names, table_names, made_by, job, random_weights):
     """Score rank 0's plan ``job`` (a dict, or (exit code, message) to stop every rank), merge on rank 0."""
     import uuid
 
     from tqdm import tqdm
 
     from uiqa_plugin.data.image_io import ImageReadError
+    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
@@ -318,7 +341,8 @@ def _score_planned(args, metric, ranks, names, made_by, job):
         say(exc)
         return 1
     try:
-        write_merged(args.out, rows, names, parts + job['old_parts'], made_by, failed)
+        write_merged(args.out, mark_random_weights(rows, names, random_weights)[0], table_names,
+                     parts + job['old_parts'], made_by, failed)
     except OutputError as exc:
         say(exc)
         if not any(os.path.exists(p) for p in parts):  # the folder itself went away: the rows go to stdout
@@ -336,7 +360,8 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip.errors import CLI_OPTION_NAMES, ClipLoadError
+    # Imported here, and torch only once the options are known to be good, to keep --help and option
+    # errors fast (lazy imports for start-up time).
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
@@ -346,18 +371,25 @@ def main(argv=None):
     except (OptionError, UserModuleError) as exc:
         say(str(exc))
         return 2
-    from uiqa_plugin.scoring.distributed import Ranks
     from uiqa_plugin.scoring.outputs import OutputError, check_output_path
-    ranks = Ranks()
-    problem = usage_problem(args, ranks)
-    if problem is None and args.out:
-        try:
-            check_output_path(args.out)
-        except OutputError as exc:
-            problem = str(exc)
+    problem = usage_problem(args, int(os.environ.get('WORLD_SIZE', 1)))  # the launcher's count, as Ranks reads it
     if problem:
         say(problem)
         return 2
+    if nothing_to_score(args):
+        return 1
+    if args.out:
+        if missing_folder(args.out):
+            say(f'creating folder {missing_folder(args.out)} for --out')
+        try:
+            check_output_path(args.out)
+        except OutputError as exc:
+            say(exc)
+            return 2
+    from uiqa_plugin.clip.errors import CLI_OPTION_NAMES, ClipLoadError
+    from uiqa_plugin.perception.profile import model_random_weights_reason
+    from uiqa_plugin.scoring.distributed import Ranks
+    ranks = Ranks()
     try:
         metric = load_model(args, argv, rank_device(args, ranks))
     except ClipLoadError as exc:
@@ -366,11 +398,14 @@ def main(argv=None):
     except (KeyError, ValueError) as exc:  # unreadable, refused or non-finite weights, unknown attributes
         say(exc)
         return 2
+    random_weights = model_random_weights_reason(metric)
+    if random_weights and ranks.is_main:
+        say(f'note: {random_weights}' + (' The table says so in its random_weights column.' if args.out else ''))
     if not args.out:
         return score_to_table(args, metric)
     ranks.start()
     try:
-        return score_streamed(args, metric, ranks)
+        return score_streamed(args, metric, ranks, random_weights)
     finally:
         ranks.close()
 
