@@ -12,7 +12,7 @@ Weights arrive the way users have them (``pretrained``):
 Whatever the container, the same weights get the same activation (QuickGELU or GELU):
 see ``resolve_quick_gelu``; the choice and its reason are logged.
 
-Positional embedding removed (SPEC.md 1): CLIP-IQA feeds full-resolution images. For
+Positional embedding removed, as in CLIP-IQA: the pool is then size-free and full-resolution images go in. For
 ResNet towers the attention pool runs with the spatial mean token as the only query and no
 positional term; for ViT towers the class token and patch tokens get no positional term.
 With ``keep_pos_embed=True`` the learned grid is interpolated in 2-D to the input's grid,
@@ -499,7 +499,7 @@ def stretch_embedding_1d(pos_embed, num_tokens):
 
     The flattened (1 + S*S, C) list, class/mean slot included, is resized bicubically along
     the token axis to (num_tokens, C), ignoring the grid's two dimensions. Geometrically
-    wrong (SPEC.md 1), kept to reproduce weights trained with it.
+    wrong (the grid is 2-D), as the CLIP-IQA+ reference and pyiqa do; kept to reproduce weights trained with it.
     """
     work = pos_embed if pos_embed.dtype == torch.float64 else pos_embed.float()
     out = F.interpolate(work[None, None], size=(num_tokens, pos_embed.shape[1]), mode='bicubic')
