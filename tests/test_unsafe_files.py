@@ -2,13 +2,12 @@
 and scoring paths read is refused with a message that names the file and the override."""
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from test_training import REPO, demo_options, write_yaml
+from helpers import REPO, demo_options, spawn, write_yaml
 
 
 class Payload:
@@ -27,9 +26,8 @@ def plant(path, marker, **content):
 
 
 def run(script, args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    return subprocess.run([sys.executable, osp.join(REPO, 'uiqa_plugin', script), *args], capture_output=True,
-                          text=True, timeout=300, cwd=str(cwd), env=env)
+    """CompletedProcess of uiqa_plugin/<script> with ``args``, expected to fail."""
+    return spawn([sys.executable, osp.join(REPO, 'uiqa_plugin', script), *args], cwd, timeout=300)
 
 
 def assert_refused(out, path, marker):
@@ -47,6 +45,7 @@ def short_options(demo_data, name):
     return opt
 
 
+@pytest.mark.slow
 def test_resume_state_and_auto_resume_refuse_a_payload(demo_data, tmp_path):
     marker = str(tmp_path / 'ran')
     state = plant(tmp_path / 'evil.state', marker, iter=5, epoch=0, optimizers=[], schedulers=[])
@@ -63,6 +62,7 @@ def test_resume_state_and_auto_resume_refuse_a_payload(demo_data, tmp_path):
     assert not any('_archived_' in n for n in os.listdir(tmp_path / 'experiments'))  # nothing renamed away
 
 
+@pytest.mark.slow
 def test_pretrain_network_refuses_a_payload_in_training_and_test(demo_data, tmp_path):
     marker = str(tmp_path / 'ran')
     opt = short_options(demo_data, 'evil_pretrain')
