@@ -13,6 +13,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from uiqa_plugin.tools.score import main as score_main
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN_PY = osp.join(REPO, 'uiqa_plugin', 'train.py')
 TEST_PY = osp.join(REPO, 'uiqa_plugin', 'test.py')
@@ -45,6 +47,16 @@ def run(args, cwd, env=None, timeout=900):
 def train(opt_path, cwd, *extra):
     """Log of ``python uiqa_plugin/train.py -opt opt_path *extra`` in ``cwd``, which must succeed."""
     return run([sys.executable, TRAIN_PY, '-opt', opt_path, *extra], cwd)
+
+
+def tiny_clip_flags(files):
+    """uiqa-score options for the tiny ResNet CLIP of the ``tiny_clip_files`` fixture, on the CPU, no progress bar."""
+    return ['--clip-model', files['config'], '--clip-pretrained', files['openai'], '--device', 'cpu', '--no-progress']
+
+
+def score(files, args):
+    """Exit status of uiqa-score run in this process with ``args`` and ``tiny_clip_flags(files)``."""
+    return score_main(args + tiny_clip_flags(files))
 
 
 # Runs uiqa_plugin/train.py with one failure injected, as a kill would leave things:

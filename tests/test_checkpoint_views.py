@@ -118,6 +118,7 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
     assert all(0 <= float(r['pred_0']) <= 1 for r in rows)
 
 
+@pytest.mark.slow  # the demo data is made by the shipped scripts, in subprocesses
 def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(demo_data):
     from types import SimpleNamespace
 

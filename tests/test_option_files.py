@@ -40,6 +40,7 @@ def test_koniq_files_are_valid_but_for_the_data_users_download(path, tmp_path):
                             for p in problems), problems
 
 
+@pytest.mark.slow  # the demo data and SR pairs are made by the shipped scripts, in subprocesses
 @pytest.mark.parametrize('path', DEMO, ids=osp.basename)
 def test_demo_files_validate_with_the_demo_data(path, demo_data, request):
     if 'sr_msrresnet' in osp.basename(path):  # restoration recipes: SR pairs from scripts/make_sr_demo.py
