@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random CLIP models saved as real weight files, so every loading path runs offline."""
+"""Shared fixtures: tiny random CLIP models saved as real weight files (every loading path runs offline),
+the demo data and the README's demo training; the ``slow`` marker. Plain helpers: helpers.py."""
 import os
 import os.path as osp
 import shlex

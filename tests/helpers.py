@@ -32,7 +32,7 @@ def spawn(args, cwd, env=None, timeout=900):
 
     ``env`` adds or overrides variables. Nothing is checked: for tests of failures.
     """
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', **(env or {}))
+    full_env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', **(env or {})}
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=str(cwd),
                           env=full_env)
 
