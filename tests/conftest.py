@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny random CLIP models saved as real weight files, so every loading path runs offline."""
+"""Shared fixtures: tiny random CLIP models saved as real weight files (every loading path runs offline),
+the demo data and the README's demo training; the ``slow`` marker. Plain helpers: helpers.py."""
+import os
 import os.path as osp
+import shlex
+import subprocess
 import sys
 import warnings
 
@@ -8,12 +12,15 @@ import torch
 
 sys.path.insert(0, osp.dirname(__file__))
 
-import subprocess  # noqa: E402
-
 import uiqa_plugin  # noqa: E402  (installs the basicsr compatibility alias first)
+from helpers import DEMO_TRAINING, REPO, run  # noqa: E402
 
 uiqa_plugin.register()  # every test module sees BasicSR's registries filled, as after any lookup
 from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: runs subprocesses, torchrun or training (quick lane: -m "not slow")')
 
 
 def _build(config_path, seed, quick_gelu=False):
@@ -67,9 +74,6 @@ def tiny_metric_factory(tiny_clip_files):
     return make
 
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     """The demo dataset and the BatchNorm-calibrated tiny CLIP, built by the shipped scripts."""
@@ -82,6 +86,28 @@ def demo_data(tmp_path_factory):
                              text=True, timeout=600, cwd=REPO)
         assert out.returncode == 0, out.stderr[-3000:]
     return data
+
+
+@pytest.fixture(scope='session')
+def demo_training(demo_data, tmp_path_factory):
+    """(folder, log) of the README's demo training (helpers.DEMO_TRAINING, 800 iterations), run once.
+
+    The folder is laid out like the README's: links to scripts/, options/, uiqa_plugin/ and
+    datasets/demo/ holding the demo data and the tiny CLIP as the README names them; the run leaves
+    experiments/ and tb_logger/ there. ``--force_yml val:save_predictions=true`` adds the validation
+    prediction tables, which change no number.
+    """
+    root = tmp_path_factory.mktemp('demo_training')
+    for name in ('scripts', 'options', 'uiqa_plugin'):
+        os.symlink(osp.join(REPO, name), root / name)
+    demo = root / 'datasets' / 'demo'
+    demo.mkdir(parents=True)
+    for name, target in (('1024x768', '1024x768'), ('koniq10k_distributions_sets.csv',) * 2,
+                         ('tiny_clip.pt', 'tiny.pt')):
+        os.symlink(demo_data / target, demo / name)
+    command = DEMO_TRAINING.replace(' python ', f' {shlex.quote(sys.executable)} ', 1)
+    log = run(['bash', '-c', command + ' --force_yml val:save_predictions=true'], root)
+    return root, log
 
 
 @pytest.fixture(scope='session')
@@ -113,7 +139,3 @@ def uiqa_checkpoint_factory(tiny_clip_files, tmp_path):
         torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': views}, path)
         return str(path), net
     return make
-
-
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: spawns subprocesses or trains (run with -m slow; skip with -m "not slow")')

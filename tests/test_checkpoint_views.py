@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from test_training import REPO, demo_options, read_predictions, run, train, write_yaml
+from helpers import REPO, TEST_PY, demo_options, read_predictions, run, train, write_yaml
 
 
 @pytest.fixture(scope='module')
@@ -37,6 +37,7 @@ def trained(demo_data, tmp_path_factory):
     return {'cwd': cwd, 'ckpt': str(exp / 'models' / 'net_g_latest.pth'), 'opt': opt, 'predictions': predictions}
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monkeypatch, tmp_path):
     from uiqa_plugin.api import load_trained_model, score_paths, view_pipeline
     monkeypatch.chdir(tmp_path)  # another folder than the training's: CLIP paths are absolute in the checkpoint
@@ -57,6 +58,7 @@ def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monk
     assert np.allclose([scored[k] for k in keys], [trained['predictions'][k] for k in keys], atol=1e-5)
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_missing_clip_file_names_checkpoint_path_and_flag(trained, tmp_path):
     from uiqa_plugin.api import load_trained_model
     ckpt = torch.load(trained['ckpt'], weights_only=True)
@@ -69,6 +71,7 @@ def test_missing_clip_file_names_checkpoint_path_and_flag(trained, tmp_path):
     assert model.views == ['image', 'fragments', 'salient']
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_path):
     with open(osp.join(REPO, 'options', 'demo', 'test_uiqa_demo.yml')) as f:
         opt = yaml.safe_load(f)
@@ -77,8 +80,7 @@ def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_
                                    meta_file=str(demo_data / 'koniq10k_distributions_sets.csv'),
                                    resize={'short_side': 96}, views=trained['opt']['datasets']['val']['views'])
     opt['path']['pretrain_network_g'] = trained['ckpt']
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt, 'test.yml')], tmp_path)
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt, 'test.yml')], tmp_path)
     assert f"network_g from the checkpoint {trained['ckpt']}" in log
     preds = read_predictions(glob.glob(str(tmp_path / 'results' / opt['name'] / '*.csv'))[0])
     assert preds.keys() == trained['predictions'].keys()
@@ -88,13 +90,13 @@ def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_
     opt['network_g'] = dict(trained['opt']['network_g'], attributes='quality', clip_model='tiny-rn.json',
                             clip_pretrained=str(trained['cwd'] / 'tiny.pt'))
     opt['name'] = 'mismatch'
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt, 'test2.yml')], trained['cwd'])
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt, 'test2.yml')], trained['cwd'])
     assert "differs from the one stored in" in log and "['attributes']" in log
     again = read_predictions(glob.glob(str(trained['cwd'] / 'results' / 'mismatch' / '*.csv'))[0])
     assert np.allclose([again[k] for k in preds], [preds[k] for k in preds], atol=1e-6)
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_data, tmp_path):
     folder = tmp_path / 'photos'
     folder.mkdir()
@@ -107,8 +109,7 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
                          'clip_model': osp.join(REPO, 'options/clip/tiny-rn.json'),
                          'clip_pretrained': str(demo_data / 'tiny.pt')},
            'val': {'save_predictions': True}}
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt)], tmp_path)
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt)], tmp_path)
     assert 'Validation photos (3 images)' in log and '# srcc' not in log
     with open(glob.glob(str(tmp_path / 'results' / 'folder' / '*.csv'))[0], newline='') as f:
         rows = list(csv.DictReader(f))
@@ -117,6 +118,7 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
     assert all(0 <= float(r['pred_quality']) <= 1 for r in rows)
 
 
+@pytest.mark.slow  # the demo data is made by the shipped scripts, in subprocesses
 def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(demo_data):
     from types import SimpleNamespace
 

@@ -8,6 +8,7 @@ from PIL import Image
 from scipy import stats
 
 import uiqa_plugin
+from helpers import write_image
 from tiny_clip import TINY_RN_CONFIG, write_config
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
 from uiqa_plugin.perception.agreement import agreement_table, differing_pairs, evaluate_ratings, plot_agreement
@@ -151,7 +152,7 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     rng = np.random.default_rng(5)
     lines = [STUDY_HEADER]
     for i in range(1, 9):
-        Image.fromarray((rng.random((32, 40, 3)) * 255 * i / 8).astype(np.uint8)).save(folder / f'{i:03d}.png')
+        write_image(folder / f'{i:03d}.png', (rng.random((32, 40, 3)) * 255 * i / 8).astype(np.uint8))
         lines.append(f'{i},' + ','.join(f'{v:.1f}' for v in rng.integers(0, 11, 6) / 10) + '\n')
     ratings = read_ratings(_write(tmp_path / 'study.csv', ''.join(lines)), column_map={'aesthetics': 'aesthetic'})
     metric = uiqa_plugin.create_metric('natural,happy,aesthetic,new,complex,scary,happy@ensemble',

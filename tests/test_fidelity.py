@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from helpers import write_random_image
 from uiqa_plugin.clip import factory, pretrained
 from uiqa_plugin.api import create_metric, load_trained_model
 from uiqa_plugin.clip import clear_shared_clip, load_clip, resolve_quick_gelu
@@ -123,10 +124,9 @@ def test_the_choice_and_the_source_are_logged_without_open_clips_random_init_war
 
 def test_cli_quick_gelu_flags(rn50_like, tmp_path, capsys):
     import numpy as np
-    from PIL import Image
 
     from uiqa_plugin.tools.score import main as score_main
-    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'a.png')
+    write_random_image(tmp_path / 'a.png', (48, 64, 3), np.random.default_rng(0))
     rows = {}
     for flag in ('--quick-gelu', '--no-quick-gelu'):
         out = tmp_path / f'{flag}.csv'

@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy import stats
 
 import uiqa_plugin
+from helpers import write_image
 from tiny_clip import TINY_RN_CONFIG, write_config
 from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
     rng = np.random.default_rng(2)
     for i in range(1, N_IMAGES + 1):
         arr = (rng.random((36, 44, 3)) * 255 * (0.2 + 0.15 * i)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f'{i:02d}.png')
+        write_image(folder / f'{i:02d}.png', arr)
     config = write_config(root, 'tiny_cli', TINY_RN_CONFIG)
     return root, folder, config
 

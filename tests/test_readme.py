@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from helpers import DEMO_TRAINING, REPO
 README = osp.join(REPO, 'README.md')
 TINY_FLAGS = ['--clip-model', 'options/clip/tiny-rn.json', '--clip-pretrained', 'datasets/demo/tiny_clip.pt']
 MARK = re.compile(r'<!-- readme-test: (run|tiny-clip|parse)\b[^>]*-->\n```bash\n(.*?)```\n(?:```\n(.*?)```\n)?',
@@ -96,6 +96,7 @@ def test_markers_cover_the_quick_start_training_and_profiles():
     blocks = readme_blocks()
     text = '\n'.join(line for _, cmds, _ in blocks for line in cmds)
     assert [mode for mode, _, _ in blocks][:2] == ['parse', 'run']
+    assert DEMO_TRAINING in text.splitlines(), 'tests/helpers.py DEMO_TRAINING must be the README training command'
     for needed in ('uiqa-score datasets/demo/1024x768 -a quality,look,feel', 'scripts/make_tiny_clip.py',
                    'uiqa_plugin/train.py -opt options/demo/uiqa_demo.yml', 'uiqa-profile radar --table',
                    'uiqa-profile evaluate', 'uiqa-profile report'):
@@ -103,11 +104,18 @@ def test_markers_cover_the_quick_start_training_and_profiles():
     assert commands('a \\\n    b  # note\n\n# only a comment\nc\n') == ['a b', 'c']
 
 
-def test_readme_commands_and_outputs(sandbox):
+@pytest.mark.slow
+def test_readme_commands_and_outputs(sandbox, demo_training):
     cwd, env = sandbox
     logs = []
     for mode, lines, documented in readme_blocks():
         for line in lines:
+            if line == DEMO_TRAINING:  # run once, shared with test_training (conftest.py, demo_training)
+                root, log = demo_training
+                for name in set(os.listdir(root)) - {'scripts', 'options', 'uiqa_plugin', 'datasets'}:
+                    os.symlink(root / name, cwd / name)  # experiments/, tb_logger/
+                logs.append((line, log))
+                continue
             words = shlex.split(line)
             if words[0] in entry_points() and mode == 'parse':
                 tool_parser(words[0]).parse_args(words[1:])  # SystemExit on an unknown or bad argument

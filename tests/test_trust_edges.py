@@ -128,7 +128,7 @@ def test_a_torchscript_payload_is_refused_on_every_path_and_runs_only_when_trust
 
 @pytest.mark.slow
 def test_test_py_refuses_a_payload_archive_named_in_the_option_file(demo_data, archives, tmp_path):
-    from test_training import demo_options, write_yaml
+    from helpers import demo_options, write_yaml
     opt = demo_options(demo_data)
     opt['network_g']['clip_pretrained'] = archives['evil']
     test_opt = {'name': 'evil_archive', 'model_type': 'IQAModel', 'num_gpu': 0, 'manual_seed': 0,

@@ -43,7 +43,7 @@ def test_every_command_help_shows_examples(module, capsys):
 
 
 def test_build_lmdb_with_a_missing_folder_says_so_without_a_traceback(tmp_path, capsys):
-    from test_lmdb import load_script
+    from helpers import load_script
     code = load_script('build_lmdb').main(['--dataroot', str(tmp_path / 'nope'), '--out', str(tmp_path / 'x.lmdb')])
     assert code == 2
     assert capsys.readouterr().err.strip() == f'build_lmdb.py: --dataroot {tmp_path / "nope"}: no such folder'

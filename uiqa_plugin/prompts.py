@@ -48,7 +48,7 @@ def register_preset(name, attribute_names):
     _PRESETS[name.lower()] = tuple(attribute_names)
 
 
-# Exact strings of the CLIP-IQA paper (SPEC.md 1); index 0 is the prompt that is scored.
+# Exact strings of the CLIP-IQA paper (Wang et al., AAAI 2023); index 0 is the prompt that is scored.
 _BUILTIN = [
     ('quality', ('Good photo.', 'Bad photo.'), 'overall technical quality', 'quality'),
     ('brightness', ('Bright photo.', 'Dark photo.'), 'higher = brighter', 'look'),

@@ -1,6 +1,6 @@
 """CLIP-UIQA: each image seen in several formats through one frozen CLIP, views and pairs aggregated.
 
-Views (any subset, SPEC.md 3): ``image`` (the original, global aesthetics), ``fragments``
+Views (any subset, the three formats of the CLIP-UIQA study): ``image`` (the original, global aesthetics), ``fragments``
 (grid mini-patch mosaic, local distortions) and ``salient`` (centre patch, the subject).
 Each view goes through the image tower ONCE; the text features of all prompts are computed
 once per forward (learned context) or cached (fixed prompts). Per-view, per-attribute
@@ -152,7 +152,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        # Fine-tuned CLIP parts keep their BatchNorm statistics: eval mode always (SPEC.md 2).
+        # Fine-tuned CLIP parts keep their BatchNorm statistics (RN towers), as CLIP-IQA+ keeps CLIP: eval mode always.
         self.clip_trainable.eval()
         return self
 
@@ -230,7 +230,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
 
 @ARCH_REGISTRY.register()
 class CLIPIQAPlus(CLIPUIQA):
-    """CLIP-IQA+: learned prompt context on the original image alone (SPEC.md 2).
+    """CLIP-IQA+ (Wang et al., AAAI 2023): learned prompt context on the original image alone.
 
     (N, 3, H, W) -> (N, 1): the learned probability of the first prompt with one attribute,
     the regressor's score over the P probabilities with several.

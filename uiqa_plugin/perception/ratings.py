@@ -2,7 +2,7 @@
 
 A ratings file has one row per image: an image column (file name, path or number) and one
 numeric column per attribute, in any range, e.g. the CLIP-UIQA study's hand ratings
-(``image number,natural,happy,aesthetics,new,complex,scary`` in 0..1, SPEC.md 5). Column names
+(``image number,natural,happy,aesthetics,new,complex,scary`` in 0..1, steps of 0.1). Column names
 map to attribute names with ``column_map`` (``{'aesthetics': 'aesthetic'}``).
 
 Every problem raises ``RatingsError`` naming the file, and the row / column / image at fault.

@@ -4,7 +4,7 @@
     uiqa-convert CLIP-IQA+_learned_prompts-603f3273.pth clipiqa_plus.pth --attributes quality
     uiqa-convert CLIPIQA+_RN50_512-89f5d940.pth clipiqa_plus_rn50_512.pth
 
-Understood inputs (the CLIP-IQA+ releases):
+Understood inputs (the published CLIP-IQA+ checkpoints and pyiqa's copies of them):
 - the reference's mmcv checkpoint: ``state_dict['generator.clipmodel_{i}.prompt_learner.ctx']``
   (16 x 512, fp16) per prompt pair, plus ``generator.regressor.linear_{1,2,3}.*`` when there are
   several pairs; everything else in it is CLIP and is dropped;
