@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_random_image
 from uiqa_plugin.clip import ClipLoadError, load_clip, resolve_model_config
 from uiqa_plugin.clip.pretrained import read_clip_state_dict, trusting
 from uiqa_plugin.scoring import outputs
@@ -100,7 +101,8 @@ def test_a_torchscript_payload_is_refused_on_every_path_and_runs_only_when_trust
         with pytest.raises(ClipLoadError, match=rf'{osp.basename(path)}: refused, {why}.*--trust-checkpoint'):
             load_clip(tiny_clip_files['config'], path)
     assert not osp.exists(archives['marker'])
-    # --clip-pretrained of uiqa-score
+    # --clip-pretrained of uiqa-score (with an image to score: an empty folder stops before CLIP loads)
+    write_random_image(tmp_path / 'photo.png', (40, 40, 3), np.random.default_rng(0))
     assert score_main([str(tmp_path), '--clip-model', tiny_clip_files['config'], '--clip-pretrained',
                        archives['evil'], '--device', 'cpu', '--no-progress']) == 2
     err = capfd.readouterr().err

@@ -5,6 +5,7 @@
     >>> result = uiqa_plugin.score_paths(metric, ['photos/'], batch_size=4)
     >>> result.rows[0]   # {'path': 'photos/a.jpg', 'quality': 0.71, 'brightness': 0.55, ...}
 """
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,7 +154,7 @@ class ScoreResult:
 
     def to_table(self, path):
         """Write the rows to ``path``, a .csv or .json table in the format uiqa-score writes (failures are not rows)."""
-        from uiqa_plugin.scoring.outputs import write_table
+        from uiqa_plugin.scoring.table import write_table
         write_table(self.rows, self.columns, os.fspath(path))
 
     def to_dataframe(self):
