@@ -12,6 +12,7 @@ import subprocess  # noqa: E402
 
 import uiqa_plugin  # noqa: E402,F401  (installs the basicsr compatibility alias first)
 from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER  # noqa: E402
 
 
 def _build(config_path, seed, quick_gelu=False):
@@ -74,7 +75,7 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo')
     data = root / 'demo'
     for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
-                         ('make_tiny_clip.py', ['--images', str(data / '1024x768'), '--out', str(data / 'tiny.pt'),
+                         ('make_tiny_clip.py', ['--images', str(data / DEMO_IMAGE_FOLDER), '--out', str(data / 'tiny.pt'),
                                                 '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
         out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
                              text=True, timeout=600, cwd=REPO)

@@ -96,7 +96,7 @@ def test_markers_cover_the_quick_start_training_and_profiles():
     blocks = readme_blocks()
     text = '\n'.join(line for _, cmds, _ in blocks for line in cmds)
     assert [mode for mode, _, _ in blocks][:2] == ['parse', 'run']
-    for needed in ('uiqa-score datasets/demo/1024x768 -a quality,look,feel', 'scripts/make_tiny_clip.py',
+    for needed in ('uiqa-score datasets/demo/256x192 -a quality,look,feel', 'scripts/make_tiny_clip.py',
                    'uiqa_plugin/train.py -opt options/demo/uiqa_demo.yml', 'uiqa-profile radar --table',
                    'uiqa-profile evaluate', 'uiqa-profile report'):
         assert needed in text, needed
@@ -139,6 +139,22 @@ def test_readme_commands_and_outputs(sandbox):
         check = subprocess.run(['git', 'check-ignore', '--no-index', *written], cwd=REPO, capture_output=True,
                                text=True)
         assert sorted(check.stdout.split()) == sorted(written), check.stdout
+
+
+def test_gitignore_covers_every_file_the_readme_writes():
+    """Outputs the README's commands name (``--out``, ``--json``, ...) and the folders the demo scripts
+    write by default are ignored by git, whether or not the command runs in the test."""
+    bash = '\n'.join(re.findall(r'```bash\n(.*?)```', open(README, encoding='utf-8').read(), re.S))
+    named = set(re.findall(r'--(?:out|out-dir|radar-dir|chart|scores-out|json) ([\w./-]+)', bash))
+    assert {'scores.csv', 'score.json', 'report.html'} <= named, named
+    # the user's own data (KonIQ) is theirs to ignore; the demo scripts' outputs are ours
+    written = sorted(n for n in named if not n.startswith(('/', 'datasets/koniq10k/')))
+    written += ['datasets/demo/', 'datasets/demo_sr/']  # make_demo_dataset.py, make_sr_demo.py defaults
+    assert 'datasets/demo_sr/' in bash and 'datasets/demo/' in bash
+    if not (shutil.which('git') and osp.exists(osp.join(REPO, '.git'))):
+        pytest.skip('needs git and a checkout')
+    check = subprocess.run(['git', 'check-ignore', '--no-index', *written], cwd=REPO, capture_output=True, text=True)
+    assert sorted(check.stdout.split()) == sorted(written), sorted(set(written) - set(check.stdout.split()))
 
 
 def check_documented_output(documented, log):

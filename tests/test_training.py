@@ -14,6 +14,8 @@ import pytest
 import torch
 import yaml
 
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO_YML = osp.join(REPO, 'options', 'demo', 'uiqa_demo.yml')
 
@@ -22,7 +24,7 @@ def demo_options(demo_data, yml=DEMO_YML, **changes):
     with open(yml) as f:
         opt = yaml.safe_load(f)
     for phase in opt['datasets']:
-        opt['datasets'][phase]['dataroot'] = str(demo_data / '1024x768')
+        opt['datasets'][phase]['dataroot'] = str(demo_data / DEMO_IMAGE_FOLDER)
         opt['datasets'][phase]['meta_file'] = str(demo_data / 'koniq10k_distributions_sets.csv')
     if 'network_g' in opt:  # test files may take it from their checkpoint
         opt['network_g']['clip_model'] = osp.join(REPO, 'options/clip/tiny-rn.json')
