@@ -5,7 +5,7 @@ Examples:
     python scripts/build_lmdb.py --dataroot datasets/koniq10k/1024x768 \
         --meta-file datasets/koniq10k/koniq10k_distributions_sets.csv --out datasets/koniq10k/1024x768.lmdb
     # every image under a folder (keys = paths relative to it)
-    python scripts/build_lmdb.py --dataroot datasets/demo/1024x768 --out datasets/demo/1024x768.lmdb
+    python scripts/build_lmdb.py --dataroot datasets/demo/256x192 --out datasets/demo/256x192.lmdb
 
 Then use ``io_backend: {type: lmdb, db_paths: <out>}`` in the dataset options.
 """

@@ -14,9 +14,10 @@ sys.path.insert(0, osp.dirname(__file__))
 
 import uiqa_plugin  # noqa: E402  (installs the basicsr compatibility alias first)
 from helpers import DEMO_TRAINING, REPO, run  # noqa: E402
+from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER  # noqa: E402
 
 uiqa_plugin.register()  # every test module sees BasicSR's registries filled, as after any lookup
-from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
 
 
 def pytest_configure(config):
@@ -80,7 +81,7 @@ def demo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp('demo')
     data = root / 'demo'
     for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
-                         ('make_tiny_clip.py', ['--images', str(data / '1024x768'), '--out', str(data / 'tiny.pt'),
+                         ('make_tiny_clip.py', ['--images', str(data / DEMO_IMAGE_FOLDER), '--out', str(data / 'tiny.pt'),
                                                 '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
         out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
                              text=True, timeout=600, cwd=REPO)
@@ -90,7 +91,7 @@ def demo_data(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def demo_training(demo_data, tmp_path_factory):
-    """(folder, log) of the README's demo training (helpers.DEMO_TRAINING, 800 iterations), run once.
+    """(folder, log) of the README's demo training (helpers.DEMO_TRAINING), run once.
 
     The folder is laid out like the README's: links to scripts/, options/, uiqa_plugin/ and
     datasets/demo/ holding the demo data and the tiny CLIP as the README names them; the run leaves
@@ -102,10 +103,11 @@ def demo_training(demo_data, tmp_path_factory):
         os.symlink(osp.join(REPO, name), root / name)
     demo = root / 'datasets' / 'demo'
     demo.mkdir(parents=True)
-    for name, target in (('1024x768', '1024x768'), ('koniq10k_distributions_sets.csv',) * 2,
+    for name, target in ((DEMO_IMAGE_FOLDER, DEMO_IMAGE_FOLDER), ('koniq10k_distributions_sets.csv',) * 2,
                          ('tiny_clip.pt', 'tiny.pt')):
         os.symlink(demo_data / target, demo / name)
-    command = DEMO_TRAINING.replace(' python ', f' {shlex.quote(sys.executable)} ', 1)
+    assert DEMO_TRAINING.startswith('python ')
+    command = shlex.quote(sys.executable) + DEMO_TRAINING[len('python'):]
     log = run(['bash', '-c', command + ' --force_yml val:save_predictions=true'], root)
     return root, log
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from helpers import REPO, TEST_PY, demo_options, read_predictions, run, train, write_yaml
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER
 
 
 @pytest.fixture(scope='module')
@@ -47,13 +48,13 @@ def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monk
     # The average differs from the last weights, and validation used it: the scores below match it.
     assert not torch.equal(ckpt['params']['prompt_learner.ctx'], ckpt['params_ema']['prompt_learner.ctx'])
     model = load_trained_model(trained['ckpt'], device='cpu')
-    path = str(demo_data / '1024x768' / sorted(trained['predictions'])[0])
+    path = str(demo_data / DEMO_IMAGE_FOLDER / sorted(trained['predictions'])[0])
     views = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
     # 256x192 demo images: shorter side 96 -> 128x96; the salient crop and fragments come from it.
     assert tuple(views['image'].shape) == (3, 96, 128)
     assert tuple(views['salient'].shape) == (3, 64, 64) and tuple(views['fragments'].shape) == (3, 32, 32)
     keys = sorted(trained['predictions'])[:6]
-    result = score_paths(model, [str(demo_data / '1024x768' / k) for k in keys], progress=False)
+    result = score_paths(model, [str(demo_data / DEMO_IMAGE_FOLDER / k) for k in keys], progress=False)
     scored = {osp.basename(r['path']): r['score'] for r in result.rows}
     assert np.allclose([scored[k] for k in keys], [trained['predictions'][k] for k in keys], atol=1e-5)
 
@@ -76,7 +77,7 @@ def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_
     with open(osp.join(REPO, 'options', 'demo', 'test_uiqa_demo.yml')) as f:
         opt = yaml.safe_load(f)
     assert 'network_g' not in opt
-    opt['datasets']['test'].update(dataroot=str(demo_data / '1024x768'), split='validation',
+    opt['datasets']['test'].update(dataroot=str(demo_data / DEMO_IMAGE_FOLDER), split='validation',
                                    meta_file=str(demo_data / 'koniq10k_distributions_sets.csv'),
                                    resize={'short_side': 96}, views=trained['opt']['datasets']['val']['views'])
     opt['path']['pretrain_network_g'] = trained['ckpt']
@@ -100,8 +101,8 @@ def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_
 def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_data, tmp_path):
     folder = tmp_path / 'photos'
     folder.mkdir()
-    for name in sorted(p.name for p in (demo_data / '1024x768').iterdir())[:3]:
-        shutil.copy(demo_data / '1024x768' / name, folder / name)
+    for name in sorted(p.name for p in (demo_data / DEMO_IMAGE_FOLDER).iterdir())[:3]:
+        shutil.copy(demo_data / DEMO_IMAGE_FOLDER / name, folder / name)
     opt = {'name': 'folder', 'model_type': 'IQAModel', 'num_gpu': 0, 'manual_seed': 0,
            'datasets': {'test': {'name': 'photos', 'type': 'ImageFolderDataset', 'dataroot': str(folder),
                                  'views': ['image'], 'batch_size_per_gpu': 1}},
@@ -127,6 +128,6 @@ def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(dem
         {'type': 'LoadImage', 'io_backend': {'type': 'lmdb', 'db_paths': ['train.lmdb']}},
         {'type': 'Resize', 'size': [40, 50]}, {'type': 'Normalize', 'mean': None, 'std': None},
         {'type': 'Collect', 'keys': ['image']}]})
-    path = str(sorted((demo_data / '1024x768').iterdir())[0])
+    path = str(sorted((demo_data / DEMO_IMAGE_FOLDER).iterdir())[0])
     out = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
     assert tuple(out['image'].shape) == (3, 40, 50) and 0 <= float(out['image'].min()) <= float(out['image'].max()) <= 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import TRAIN_PY, demo_options, evaluate, last_metric, read_predictions, run, spawn, write_yaml
+from helpers import DEMO_FINAL_SRCC, DEMO_SRCC_SPREAD, TRAIN_PY, demo_options, evaluate, last_metric, read_predictions, run, spawn, write_yaml
 
 pytestmark = pytest.mark.slow  # every test trains or evaluates in a subprocess
 
@@ -24,11 +24,13 @@ def test_learns_and_checkpoint_round_trip_reproduces_predictions(demo_data, demo
 
     untrained_srcc, _ = evaluate(demo_data, tmp_path, 'step0')
     trained_srcc, preds = evaluate(demo_data, tmp_path, 'trained', ckpt)
-    # Measured (2-core AVX-512 EPYC, seed 0): SRCC 0.06 at step 0 on the 32 validation images; best 0.39-0.45 (at
-    # iteration 400) and 0.30-0.38 at 800 depending on threads and CPU kernels (README, "How reproducible the demo is").
+    # The demo recipe is stable: scripts/demo_spread.py measured the final SRCC on the 32 validation images
+    # at DEMO_FINAL_SRCC (2-core AVX-512 EPYC, seed 0) under 1 and 2 threads and every kernel setting this
+    # machine allows, all within DEMO_SRCC_SPREAD (README, "How reproducible the demo is"). Untrained: 0.06.
     best_srcc = float(re.findall(r'# srcc: -?[0-9.]+\tBest: (-?[0-9.]+)', log)[-1])
-    assert best_srcc > untrained_srcc + 0.25 and best_srcc > 0.3, (untrained_srcc, best_srcc)
-    assert trained_srcc > untrained_srcc + 0.15, (untrained_srcc, trained_srcc)
+    assert final_srcc == pytest.approx(DEMO_FINAL_SRCC, abs=DEMO_SRCC_SPREAD)
+    assert best_srcc == pytest.approx(DEMO_FINAL_SRCC, abs=DEMO_SRCC_SPREAD)  # still improving at the end
+    assert untrained_srcc < 0.2 and trained_srcc > untrained_srcc + 0.25, (untrained_srcc, trained_srcc)
     assert trained_srcc == pytest.approx(final_srcc, abs=1e-4)
 
     # The training run's own final predictions equal those of the checkpoint rebuilt from the YAML.
@@ -37,15 +39,14 @@ def test_learns_and_checkpoint_round_trip_reproduces_predictions(demo_data, demo
     assert in_training.keys() == preds.keys() and len(preds) == 32
     assert np.allclose([in_training[k] for k in preds], [preds[k] for k in preds], atol=1e-6)
 
-    # Only what trains is saved: context, regressor, and here the fine-tuned CLIP stage; never the rest of CLIP.
+    # Only what trains is saved: context and regressor; the frozen CLIP never.
     saved = torch.load(ckpt, weights_only=False)
     keys = list(saved['params'])
     assert saved['network_g']['type'] == 'CLIPUIQA' and saved['attribute_names'] == ['quality', 'sharpness',
                                                                                       'noisiness']
     assert 'prompt_learner.ctx' in keys and any(k.startswith('regressor.') for k in keys)
-    assert all(k.startswith(('prompt_learner.', 'regressor.', 'aggregation.', 'clip_trainable.visual__layer4.',
-                             'clip_trainable.visual__attnpool.')) for k in keys)
-    assert not any('token_embedding' in k or 'transformer' in k or 'layer1' in k for k in keys)
+    assert all(k.startswith(('prompt_learner.', 'regressor.', 'aggregation.')) for k in keys), keys
+    assert not any('token_embedding' in k or 'transformer' in k or 'visual' in k for k in keys)
 
 
 def test_two_process_cpu_run_matches_single_process_evaluation(demo_data, tmp_path):

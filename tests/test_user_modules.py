@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from helpers import TRAIN_PY, demo_options, run, spawn, write_yaml
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER
 from uiqa_plugin.options import OptionError, validate_options
 from uiqa_plugin.user_modules import UserModuleError, import_user_modules, pop_import_args, unknown_arch_message
 
@@ -114,7 +115,7 @@ def test_user_arch_trains_with_import_and_scores_with_import(demo_data, tmp_path
     assert payload['network_g'] == {'type': 'MeanColourNet', 'hidden': 6}
     assert payload['imports'] == [str(tmp_path / 'my_arch.py')]  # recorded for scoring, never auto-imported
 
-    images = sorted(str(p) for p in (demo_data / '1024x768').glob('coffee_*'))[:3]
+    images = sorted(str(p) for p in (demo_data / DEMO_IMAGE_FOLDER).glob('coffee_*'))[:3]
     score = [sys.executable, '-m', 'uiqa_plugin.tools.score', *images, '--checkpoint', checkpoint, '--device', 'cpu',
              '--no-progress']
     out = spawn(score, tmp_path, timeout=300)
