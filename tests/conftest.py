@@ -111,3 +111,7 @@ def uiqa_checkpoint_factory(tiny_clip_files, tmp_path):
         torch.save({'params': net.state_dict(), 'network_g': options, 'view_options': views}, path)
         return str(path), net
     return make
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: spawns subprocesses or torchrun, or trains (deselect with -m "not slow")')

@@ -17,19 +17,29 @@ from test_training import REPO, demo_options, write_yaml
 #   UIQA_KILL_IN_SAVE=P   the process dies half-way through writing a file whose name contains P
 #   UIQA_FAIL_AT=N UIQA_FAIL_RANK=R   rank R raises at iteration N (the others carry on)
 #   UIQA_READONLY=D       writing into a folder named D fails as on a read-only file system
+#   UIQA_DISK_FULL=P      writing a file whose name contains P fails as torch.save does on a full disk
+#   UIQA_INTERRUPT_AT=N   Ctrl-C (SIGINT) at the start of iteration N
+#   UIQA_MODEL=M          the model class the iteration hooks above patch (default IQAModel)
+# At its first iteration the run prints "cudnn.benchmark=<value>" (BasicSR's runner turns it on).
 INJECT = r'''
-import os, sys
+import os, signal, sys
 sys.path.insert(0, os.environ['UIQA_REPO'])
 import torch
-from uiqa_plugin.models.iqa_model import IQAModel
+import uiqa_plugin
+from basicsr.utils.registry import MODEL_REGISTRY
+IQAModel = MODEL_REGISTRY.get(os.environ.get('UIQA_MODEL', 'IQAModel'))
 kill_at = int(os.environ.get('UIQA_KILL_AT', 0))
-if kill_at:
-    original = IQAModel.optimize_parameters
-    def optimize_parameters(self, current_iter):
-        if current_iter == kill_at:
-            os._exit(9)
-        return original(self, current_iter)
-    IQAModel.optimize_parameters = optimize_parameters
+interrupt_at = int(os.environ.get('UIQA_INTERRUPT_AT', 0))
+original = IQAModel.optimize_parameters
+def optimize_parameters(self, current_iter):
+    if current_iter == 1:
+        print(f'cudnn.benchmark={torch.backends.cudnn.benchmark}', flush=True)
+    if current_iter == kill_at:
+        os._exit(9)
+    if current_iter == interrupt_at:
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self, current_iter)
+IQAModel.optimize_parameters = optimize_parameters
 in_save = os.environ.get('UIQA_KILL_IN_SAVE')
 if in_save:
     import uiqa_plugin.checkpoint_io as cio
@@ -61,6 +71,17 @@ if readonly:
             raise PermissionError(errno.EROFS, 'Read-only file system', os.path.join(folder, kwargs['prefix']))
         return real_mkstemp(*args, **kwargs)
     cio.tempfile.mkstemp = mkstemp
+disk_full = os.environ.get('UIQA_DISK_FULL')
+if disk_full:
+    import uiqa_plugin.checkpoint_io as cio
+    real_torch_save = cio.torch.save
+    def full_disk_save(obj, f, *args, **kwargs):
+        name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
+        if disk_full in os.path.basename(name):
+            raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing '
+                               'file data/0: file write failed')
+        return real_torch_save(obj, f, *args, **kwargs)
+    cio.torch.save = full_disk_save
 from uiqa_plugin.train import main
 main(sys.argv[1:])
 '''
@@ -74,6 +95,7 @@ def inject_script(cwd):
 
 
 def run_train(cwd, opt_path, *extra, env=None, check=True, launcher=(), timeout=600):
+    """Run uiqa_plugin/train.py (with the failure hooks of INJECT) in ``cwd``; the CompletedProcess."""
     full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', UIQA_REPO=REPO)
     full_env.update(env or {})
     out = subprocess.run([sys.executable, *launcher, inject_script(cwd), '-opt', opt_path, *extra],
@@ -142,7 +164,8 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     killed = run_train(run, path, env={'UIQA_KILL_AT': '23'}, check=False)  # mid-epoch 1, after the save at 20
     assert killed.returncode == 9
     exp = run / 'experiments' / 'exact'
-    assert sorted(os.listdir(exp / 'training_states')) == ['10.state', '15.state', '20.state', '5.state']
+    assert sorted(os.listdir(exp / 'training_states')) == sorted(
+        f'{i}.{ext}' for i in (5, 10, 15, 20) for ext in ('state', 'loop.pth'))
     resumed = run_train(run, path, '--auto_resume')
     log = resumed.stdout + resumed.stderr
     assert 'Resuming training from epoch: 1, iter: 20.' in log
@@ -193,7 +216,7 @@ def test_no_readable_state_is_an_error_naming_each_file(demo_data, tmp_path):
 
 
 def test_ema_average_matches_its_definition():
-    from uiqa_plugin.models.iqa_model import ParameterEMA
+    from uiqa_plugin.models.ema import ParameterEMA
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     net[1].weight.requires_grad_(False)  # frozen parts are not averaged

@@ -13,11 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from uiqa_plugin.data.image_io import ImageReadError
+from uiqa_plugin.devices import default_device
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT
-
-
-def default_device():
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
