@@ -1,11 +1,16 @@
 """Runs that fail end cleanly: one failing rank of a 2-process CPU run stops every process with
 that rank's error (no hang), an option error under torchrun is one message, a second live run
-of the same experiment is refused, an unwritable models folder is named."""
+of the same experiment is refused, an unwritable models folder or a full disk is named with how
+to resume, Ctrl-C says how to resume."""
+import glob
 import os
 import os.path as osp
+import re
 import subprocess
 import sys
 import time
+
+import pytest
 
 from test_resume import run_train
 from test_training import REPO, demo_options, write_yaml
@@ -86,3 +91,31 @@ def test_unwritable_models_folder_names_the_file(demo_data, tmp_path):
     assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
     models = tmp_path / 'experiments' / 'readonly' / 'models'
     assert f'error: cannot write the network file {models}/net_g_3.pth: Read-only file system' in out.stderr
+
+
+@pytest.mark.slow
+def test_full_disk_names_the_folder_and_how_to_resume(demo_data, tmp_path):
+    path = write_yaml(tmp_path, small_options(demo_data, 'full'))
+    out = run_train(tmp_path, path, env={'UIQA_DISK_FULL': 'net_g_6'}, check=False)  # torch.save's RuntimeError
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-3000:]
+    models = tmp_path / 'experiments' / 'full' / 'models'
+    assert (f'error: cannot write the network file {models}/net_g_6.pth: [enforce fail at inline_container.cc:783] . '
+            f'PytorchStreamWriter failed writing file data/0: file write failed (is {models} writable, is the disk '
+            'full?) (the checkpoints saved so far are intact; resume with: python ') in out.stderr
+    assert f'-opt {path} --auto_resume)' in out.stderr
+    assert sorted(os.listdir(models)) == ['net_g_3.pth']  # the finished one is intact, no temporary file left
+    resumed = run_train(tmp_path, path, '--auto_resume')
+    assert 'Resuming training from epoch: 0, iter: 3.' in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume(demo_data, tmp_path):
+    path = write_yaml(tmp_path, small_options(demo_data, 'stopped'))
+    out = run_train(tmp_path, path, env={'UIQA_INTERRUPT_AT': '5'}, check=False)
+    assert out.returncode == 130 and 'Traceback' not in out.stderr and 'KeyboardInterrupt' not in out.stderr
+    assert 'interrupted (Ctrl-C). The checkpoints saved so far are intact; resume with: python ' in out.stderr
+    assert f'-opt {path} --auto_resume' in out.stderr
+    # The CLIP loaded before the log file existed is logged as loaded, not as "already loaded".
+    log = open(glob.glob(str(tmp_path / 'experiments' / 'stopped' / 'train_stopped_*.log'))[0]).read()
+    clip_lines = re.findall(r'(Loaded|Using the already loaded) CLIP', log)
+    assert clip_lines and clip_lines[0] == 'Loaded', clip_lines

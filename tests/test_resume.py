@@ -174,7 +174,7 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
         assert_same_weights(ref_exp / 'models' / name, exp / 'models' / name)
     # The best record travelled in the state: the same "Best @" lines as the uninterrupted run after 20.
     assert best_lines(log) == best_lines(ref_log)[-len(best_lines(log)):]
-    state, ref_state = load(exp / 'training_states' / '30.state'), load(ref_exp / 'training_states' / '30.state')
+    state, ref_state = (load(e / 'training_states' / '30.loop.pth') for e in (exp, ref_exp))
     assert state['best_metric_results'] == ref_state['best_metric_results']
 
 
