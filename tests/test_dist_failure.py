@@ -27,6 +27,7 @@ def small_options(demo_data, name, **changes):
     return opt
 
 
+@pytest.mark.slow
 def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path):
     path = write_yaml(tmp_path, small_options(demo_data, 'dist_fail'))
     start = time.time()
@@ -42,6 +43,7 @@ def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path
     assert 'broadcast_buffers' not in log  # torch >= 2.13 warned once per rank for broadcast_buffers=False
 
 
+@pytest.mark.slow
 def test_option_error_under_torchrun_is_one_message(demo_data, tmp_path):
     opt = small_options(demo_data, 'dist_bad')
     opt['train']['totl_iter'] = 5
@@ -51,14 +53,14 @@ def test_option_error_under_torchrun_is_one_message(demo_data, tmp_path):
                          cwd=str(tmp_path), env=env)
     assert out.returncode != 0
     message = "train.totl_iter: unknown key (did you mean 'total_iter'?)"
-    # Printed once by rank 0 before torchrun's summary, which shows it for each rank instead of
-    # "To enable traceback"; the ranks' own output holds no traceback.
-    ours = out.stderr.split('Traceback (most recent call last)')[0]
-    assert ours.count(message) == 1 and 'error_file: <N/A>' not in out.stderr, out.stderr[-3000:]
+    # Once, as the root cause of torchrun's summary (rank 0's error file); the other rank meets the
+    # same error and leaves the report to rank 0, so there is no second copy.
+    assert out.stderr.count(message) == 1, out.stderr[-3000:]
     assert message in out.stderr.split('Root Cause')[-1] and 'To enable traceback' not in out.stderr
     assert not (tmp_path / 'experiments').exists()
 
 
+@pytest.mark.slow
 def test_second_live_run_of_an_experiment_is_refused_and_a_dead_ones_lock_taken_over(demo_data, tmp_path):
     from uiqa_plugin.runner import ExperimentLock
     path = write_yaml(tmp_path, small_options(demo_data, 'locked'))
@@ -85,6 +87,7 @@ def test_second_live_run_of_an_experiment_is_refused_and_a_dead_ones_lock_taken_
     lock.release()
 
 
+@pytest.mark.slow
 def test_unwritable_models_folder_names_the_file(demo_data, tmp_path):
     path = write_yaml(tmp_path, small_options(demo_data, 'readonly'))
     out = run_train(tmp_path, path, env={'UIQA_READONLY': 'models'}, check=False)

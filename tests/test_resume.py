@@ -148,6 +148,7 @@ def reference_run(demo_data, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('workers', [0, 2])
 def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path, reference_run, workers):
     # Random flips and fragment offsets are drawn in the main process (0 workers) or in the
@@ -178,6 +179,7 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     assert state['best_metric_results'] == ref_state['best_metric_results']
 
 
+@pytest.mark.slow
 def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(demo_data, tmp_path, reference_run):
     ref_exp, _ = reference_run()
     run = tmp_path / 'run'
@@ -202,6 +204,7 @@ def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(dem
         assert_same_weights(ref_exp / 'models' / name, exp / 'models' / name)
 
 
+@pytest.mark.slow
 def test_no_readable_state_is_an_error_naming_each_file(demo_data, tmp_path):
     opt = resume_options(demo_data, 'broken', **{'train.total_iter': 5})
     path = write_yaml(tmp_path, opt)

@@ -61,6 +61,7 @@ def independent_scores(net_path, folder, demo_data):
     return float(np.mean(psnr)), float(np.mean(clipiqa))
 
 
+@pytest.mark.slow
 def test_tiny_sr_recipe_logs_psnr_and_clipiqa(sr_data, demo_data, tmp_path):
     opt = sr_options(SR_YML, sr_data, demo_data, **{'train.total_iter': 20, 'val.val_freq': 10,
                                                     'logger.print_freq': 10, 'logger.save_checkpoint_freq': 20})
@@ -92,6 +93,7 @@ def test_tiny_sr_recipe_logs_psnr_and_clipiqa(sr_data, demo_data, tmp_path):
     assert saved == [f'{n}_{test_opt["name"]}.png' for n in names]
 
 
+@pytest.mark.slow
 def test_own_basicsr_script_needs_one_line(sr_data, demo_data, tmp_path):
     """A user's own BasicSR entry point sees our metrics after `import uiqa_plugin.runner; patch_basicsr()`."""
     script = tmp_path / 'my_train.py'

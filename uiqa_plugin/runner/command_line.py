@@ -54,28 +54,34 @@ def _launched_rank():
     return int(os.environ.get('RANK', os.environ.get('LOCAL_RANK', 0)))
 
 
-def exit_with_message(message, code=1):
-    """Print ``message`` once (rank 0) and exit ``code`` on every rank, without a traceback.
+def exit_with_message(message, code=1, every_rank=False):
+    """Show ``message`` once and exit ``code``, without a traceback.
 
-    Under torchrun the message also goes to the elastic error file, so torchrun's summary shows
-    it as the root cause instead of "To enable traceback see ...".
+    One process: printed on stderr. Under torchrun the message goes to the elastic error file of
+    rank 0 instead, and torchrun's summary shows it as the root cause (printing it as well would
+    show it twice). every_rank: every rank meets this same error (the options, checked before
+    any rank talks to another); the other ranks then exit quietly with 0, so that the summary
+    lists rank 0's error once instead of one copy per rank.
     """
+    rank = _launched_rank()
     error_file = os.environ.get('TORCHELASTIC_ERROR_FILE')
+    if error_file and every_rank and rank != 0:
+        raise SystemExit(0)
     if error_file:
         try:
             with open(error_file, 'w', encoding='utf-8') as f:
                 json.dump({'message': {'message': message, 'extraInfo': {
                     'py_callstack': message, 'timestamp': str(int(time.time()))}}}, f)
         except OSError:
-            pass
-    if _launched_rank() == 0:
+            error_file = None
+    if rank == 0 and not error_file:
         print(message, file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 
 class _ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
-        exit_with_message(f'{self.prog}: error: {message}', 2)
+        exit_with_message(f'{self.prog}: error: {message}', 2, every_rank=True)
 
 
 def parse_arguments(argv, is_train):
@@ -138,12 +144,12 @@ def check_options(args, is_train):
     """Read the option file once, apply ``--force_yml``, validate; the option dict, or exit with the message."""
     path = args.opt
     if not osp.isfile(path):
-        exit_with_message(f'error: {path}: option file not found', 2)
+        exit_with_message(f'error: {path}: option file not found', 2, every_rank=True)
     try:
         with open(path, encoding='utf-8') as f:
             opt = yaml.safe_load(f)
     except yaml.YAMLError as exc:
-        exit_with_message(f'error: {path}: not valid YAML ({exc})', 2)
+        exit_with_message(f'error: {path}: not valid YAML ({exc})', 2, every_rank=True)
     source = path + (f' with --force_yml {" ".join(args.force_yml)}' if args.force_yml else '')
     try:
         if not isinstance(opt, dict):
@@ -156,7 +162,7 @@ def check_options(args, is_train):
             _network_from_checkpoint(opt, trust)
         validate_options(opt, is_train=is_train, source=source)
     except (OptionError, CheckpointReadError) as exc:
-        exit_with_message(f'error: {exc}', 2)
+        exit_with_message(f'error: {exc}', 2, every_rank=True)
     if trust:
         opt['path']['trust_checkpoint'] = True
     return opt
@@ -229,7 +235,7 @@ def load_network_clip(opt):
     try:
         load_clip_for_network(opt.get('network_g'))
     except ClipLoadError as exc:
-        exit_with_message(f'error: {exc.message(yaml_option_names())}', 2)
+        exit_with_message(f'error: {exc.message(yaml_option_names())}', 2, every_rank=True)
     finally:
         logger.removeHandler(captured.handler)
         logger.setLevel(level)
