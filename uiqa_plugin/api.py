@@ -10,8 +10,6 @@ import os
 import os.path as osp
 from dataclasses import dataclass, field
 
-import torch
-
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.devices import default_device
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT

@@ -11,6 +11,7 @@ import argparse
 import ast
 import errno
 import json
+import logging
 import os
 import os.path as osp
 import random
@@ -130,14 +131,14 @@ def apply_overrides(opt, entries):
     return opt
 
 
-def _network_from_checkpoint(opt, trust):
-    """Test options without ``network_g`` but with ``path.pretrain_network_g``: the checkpoint's arch options."""
-    ckpt_path = opt['path'].get('pretrain_network_g')
+def network_from_checkpoint(opt):
+    """Test options without ``network_g``: the arch options stored in ``path.pretrain_network_g``, or None."""
+    ckpt_path = opt['path'].get('pretrain_network_g') if isinstance(opt.get('path'), dict) else None
     if not isinstance(ckpt_path, str) or not osp.isfile(osp.expanduser(ckpt_path)):
-        return
+        return None
+    trust = bool(opt['path'].get('trust_checkpoint'))
     ckpt = load_checkpoint(osp.expanduser(ckpt_path), trust=trust, trust_hint=TRUST_HINT)
-    if isinstance(ckpt, dict) and isinstance(ckpt.get('network_g'), dict):
-        opt['network_g'] = dict(ckpt['network_g'])
+    return dict(ckpt['network_g']) if isinstance(ckpt, dict) and isinstance(ckpt.get('network_g'), dict) else None
 
 
 def check_options(args, is_train):
@@ -157,14 +158,13 @@ def check_options(args, is_train):
         apply_overrides(opt, args.force_yml)
         if opt.get('path') is None:
             opt['path'] = {}
-        trust = bool(args.trust_checkpoint or (isinstance(opt['path'], dict) and opt['path'].get('trust_checkpoint')))
-        if not is_train and 'network_g' not in opt and isinstance(opt['path'], dict):
-            _network_from_checkpoint(opt, trust)
-        validate_options(opt, is_train=is_train, source=source)
+        if args.trust_checkpoint and isinstance(opt['path'], dict):
+            opt['path']['trust_checkpoint'] = True
+        stored = network_from_checkpoint(opt) if not is_train and 'network_g' not in opt else None
+        # The model builds the checkpoint's network (and logs that it does): check it, keep the options as given.
+        validate_options(dict(opt, network_g=stored) if stored else opt, is_train=is_train, source=source)
     except (OptionError, CheckpointReadError) as exc:
         exit_with_message(f'error: {exc}', 2, every_rank=True)
-    if trust:
-        opt['path']['trust_checkpoint'] = True
     return opt
 
 
@@ -215,31 +215,33 @@ def complete_options(opt, args, is_train, root_path):
     return fill_defaults(opt)
 
 
-class _Captured(list):
-    """A logging handler that keeps the records it gets (the CLIP load before the log file exists)."""
+class _RecordList(logging.Handler):
+    """Keeps the log records it gets (the CLIP load, made before the log file exists)."""
 
     def __init__(self):
-        super().__init__()
-        import logging
-        self.handler = logging.Handler(logging.INFO)
-        self.handler.emit = self.append
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
 
 
 def load_network_clip(opt):
     """Load the CLIP of ``network_g`` before BasicSR creates experiment folders; the log records of the load."""
-    import logging
     logger = logging.getLogger('basicsr')
-    captured, level = _Captured(), logger.level
-    logger.addHandler(captured.handler)
+    captured, level, propagate = _RecordList(), logger.level, logger.propagate
+    logger.addHandler(captured)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # kept for the log file, not printed by a handler of the root logger
     try:
-        load_clip_for_network(opt.get('network_g'))
+        load_clip_for_network(opt.get('network_g') or network_from_checkpoint(opt))
     except ClipLoadError as exc:
         exit_with_message(f'error: {exc.message(yaml_option_names())}', 2, every_rank=True)
     finally:
-        logger.removeHandler(captured.handler)
+        logger.removeHandler(captured)
         logger.setLevel(level)
-    return list(captured)
+        logger.propagate = propagate
+    return captured.records
 
 
 def _resume_hint(args):
