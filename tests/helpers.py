@@ -68,22 +68,31 @@ def score(files, args):
 #   UIQA_KILL_IN_SAVE=P   the process dies half-way through writing a file whose name contains P
 #   UIQA_FAIL_AT=N UIQA_FAIL_RANK=R   rank R raises at iteration N (the others carry on)
 #   UIQA_READONLY=D       writing into a folder named D fails as on a read-only file system
+#   UIQA_DISK_FULL=P      writing a file whose name contains P fails as torch.save does on a full disk
+#   UIQA_INTERRUPT_AT=N   Ctrl-C (SIGINT) at the start of iteration N
+#   UIQA_MODEL=M          the model class the iteration hooks above patch (default IQAModel)
+# At its first iteration the run prints "cudnn.benchmark=<value>" (BasicSR's runner turns it on).
 INJECT = r'''
-import os, sys
+import os, signal, sys
 sys.path.insert(0, os.environ['UIQA_REPO'])
 import torch
-from uiqa_plugin.models.iqa_model import IQAModel
+import uiqa_plugin
+from basicsr.utils.registry import MODEL_REGISTRY
+IQAModel = MODEL_REGISTRY.get(os.environ.get('UIQA_MODEL', 'IQAModel'))
 kill_at = int(os.environ.get('UIQA_KILL_AT', 0))
-if kill_at:
-    original = IQAModel.optimize_parameters
-    def optimize_parameters(self, current_iter):
-        if current_iter == kill_at:
-            os._exit(9)
-        return original(self, current_iter)
-    IQAModel.optimize_parameters = optimize_parameters
+interrupt_at = int(os.environ.get('UIQA_INTERRUPT_AT', 0))
+original = IQAModel.optimize_parameters
+def optimize_parameters(self, current_iter):
+    if current_iter == 1:
+        print(f'cudnn.benchmark={torch.backends.cudnn.benchmark}', flush=True)
+    if current_iter == kill_at:
+        os._exit(9)
+    if current_iter == interrupt_at:
+        os.kill(os.getpid(), signal.SIGINT)
+    return original(self, current_iter)
+IQAModel.optimize_parameters = optimize_parameters
 in_save = os.environ.get('UIQA_KILL_IN_SAVE')
 if in_save:
-    import uiqa_plugin.checkpoint_io as cio
     real_save = torch.save
     def torch_save(obj, f, *args, **kwargs):
         name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
@@ -92,7 +101,7 @@ if in_save:
             f.flush()
             os._exit(9)
         return real_save(obj, f, *args, **kwargs)
-    cio.torch.save = torch_save
+    torch.save = torch_save  # checkpoint_io imports torch when it saves: the patched function is what it calls
 fail_at = int(os.environ.get('UIQA_FAIL_AT', 0))
 if fail_at:
     original_step = IQAModel.optimize_parameters
@@ -112,6 +121,16 @@ if readonly:
             raise PermissionError(errno.EROFS, 'Read-only file system', os.path.join(folder, kwargs['prefix']))
         return real_mkstemp(*args, **kwargs)
     cio.tempfile.mkstemp = mkstemp
+disk_full = os.environ.get('UIQA_DISK_FULL')
+if disk_full:
+    real_torch_save = torch.save
+    def full_disk_save(obj, f, *args, **kwargs):
+        name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
+        if disk_full in os.path.basename(name):
+            raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing '
+                               'file data/0: file write failed')
+        return real_torch_save(obj, f, *args, **kwargs)
+    torch.save = full_disk_save
 from uiqa_plugin.train import main
 main(sys.argv[1:])
 '''

@@ -258,7 +258,7 @@ def test_loading_clip_leaves_the_global_rng_alone(tiny_clip_files, fresh_clip_ta
 # ----------------------------------------------------------------------------- failing before folders exist (12.3)
 
 def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatch, capsys):
-    from uiqa_plugin import runner
+    from uiqa_plugin.runner import command_line as runner
     opt = {'network_g': {'type': 'CLIPIQAPlus', 'clip_model': 'RN50', 'clip_pretrained': 'openai'}}
     monkeypatch.setattr(runner, 'check_options', lambda argv, is_train=True: opt)
     monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)

@@ -70,7 +70,8 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     killed = run_train(run, path, env={'UIQA_KILL_AT': '23'}, check=False)  # mid-epoch 1, after the save at 20
     assert killed.returncode == 9
     exp = run / 'experiments' / 'exact'
-    assert sorted(os.listdir(exp / 'training_states')) == ['10.state', '15.state', '20.state', '5.state']
+    assert sorted(os.listdir(exp / 'training_states')) == sorted(
+        f'{i}.{ext}' for i in (5, 10, 15, 20) for ext in ('state', 'loop.pth'))
     resumed = run_train(run, path, '--auto_resume')
     log = resumed.stdout + resumed.stderr
     assert 'Resuming training from epoch: 1, iter: 20.' in log
@@ -79,7 +80,7 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
         assert_same_weights(ref_exp / 'models' / name, exp / 'models' / name)
     # The best record travelled in the state: the same "Best @" lines as the uninterrupted run after 20.
     assert best_lines(log) == best_lines(ref_log)[-len(best_lines(log)):]
-    state, ref_state = load(exp / 'training_states' / '30.state'), load(ref_exp / 'training_states' / '30.state')
+    state, ref_state = (load(e / 'training_states' / '30.loop.pth') for e in (exp, ref_exp))
     assert state['best_metric_results'] == ref_state['best_metric_results']
     # The optimizer and the schedule continue, not restart: AdamW's step count, the scheduler and the logged
     # learning rates after iteration 20 are those of the uninterrupted run.
@@ -130,7 +131,7 @@ def test_no_readable_state_is_an_error_naming_each_file(demo_data, tmp_path):
 
 
 def test_ema_average_matches_its_definition():
-    from uiqa_plugin.models.iqa_model import ParameterEMA
+    from uiqa_plugin.models.ema import ParameterEMA
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
     net[1].weight.requires_grad_(False)  # frozen parts are not averaged

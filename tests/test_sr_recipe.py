@@ -45,6 +45,7 @@ def test_tiny_sr_recipe_logs_psnr_and_clipiqa(sr_data, demo_data, tmp_path):
     assert saved == [f'{n}_{test_opt["name"]}.png' for n in names]
 
 
+@pytest.mark.slow
 def test_own_basicsr_script_needs_one_line(sr_data, demo_data, tmp_path):
     """A user's own BasicSR entry point sees our metrics after `import uiqa_plugin.runner; patch_basicsr()`."""
     script = tmp_path / 'my_train.py'

@@ -14,14 +14,11 @@ import torch
 from uiqa_plugin.checkpoint_io import check_finite, load_checkpoint
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import build_transforms, evaluation_transform_specs, view_pipeline  # noqa: F401
+from uiqa_plugin.devices import default_device  # noqa: F401 (public API)
 from uiqa_plugin.scoring import default_workers
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT, MAX_PIXELS
 from uiqa_plugin.scoring.loader import iter_scores, model_minimum_side
 from uiqa_plugin.scoring.paths import collect_image_paths  # noqa: F401 (public API)
-
-
-def default_device():
-    return 'cuda' if torch.cuda.is_available() else 'cpu'
 
 
 def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',

@@ -126,3 +126,14 @@ def save_checkpoint(obj, path):
     """``torch.save`` through ``write_atomically``: fsynced, renamed into place, permissions as the umask says."""
     import torch
     return write_atomically(path, lambda f: torch.save(obj, f))
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint or training state could not be written; the message names the file and its folder."""
+
+    @classmethod
+    def writing(cls, what, path, exc):
+        """The error for ``exc`` (an OSError, or torch's RuntimeError when the disk fills) while writing ``path``."""
+        reason = getattr(exc, 'strerror', None) or (str(exc).splitlines() or [type(exc).__name__])[0]
+        return cls(f'cannot write the {what} file {path}: {reason} (is {osp.dirname(path)} writable, '
+                   f'is the disk full?)')

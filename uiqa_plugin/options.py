@@ -26,6 +26,8 @@ import re
 import yaml
 
 from uiqa_plugin.checkpoint_io import looks_like_path
+from uiqa_plugin.devices import check_device  # noqa: F401 (uiqa-score and metric options check devices here)
+from uiqa_plugin.option_error import OptionError
 
 # torch, BasicSR and our registering modules are imported inside the checks that need them: this buys
 # start-up time, so that `python -m uiqa_plugin.options --help` and the commands' option errors answer at once.
@@ -52,10 +54,6 @@ DATASET_COMMON = {'name': str, 'type': str, 'phase': str, 'batch_size_per_gpu': 
                   'persistent_workers': bool, 'use_shuffle': bool}
 #: schedulers BasicSR 1.4.2's BaseModel.setup_schedulers builds (for models that do not override it)
 BASICSR_SCHEDULERS = ('MultiStepLR', 'MultiStepRestartLR', 'CosineAnnealingRestartLR')
-
-
-class OptionError(ValueError):
-    """The option file has problems; the message lists each with its dotted key."""
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -149,26 +147,6 @@ def _number_problem(value, where):
     fixed = re.sub(r'^([-+]?\d+)([eE])', r'\1.0\2', value.strip())  # 3e-3 -> 3.0e-3
     return (f'{where}: expected a number, got the string {value!r} (YAML reads exponent notation without a dot '
             f'as text: write {fixed} or !!float {value})')
-
-
-def check_device(device, key='--device'):
-    """``device`` if this machine has it; OptionError naming ``key`` otherwise (e.g. cuda without a GPU)."""
-    import torch
-    text = str(device)
-    if text.startswith('cuda'):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(text.split(':', 1)[1]) if ':' in text and text.split(':', 1)[1].isdigit() else 0
-        if count == 0:
-            raise OptionError(f'{key}: {text} asked for, but this machine has no CUDA GPU usable by torch '
-                              f'(torch {torch.__version__}); use cpu')
-        if index >= count:
-            raise OptionError(f'{key}: {text} asked for, but this machine has {count} CUDA GPU(s) (0..{count - 1})')
-    else:
-        try:
-            torch.device(text)
-        except (RuntimeError, TypeError) as exc:
-            raise OptionError(f'{key}: {text!r} is not a device ({exc}); use cpu, cuda or cuda:N') from None
-    return text
 
 
 # ----------------------------------------------------------------------------- parts
@@ -557,7 +535,7 @@ def _check_val(opt, model_cls, ours, problems, check_environment):
     key_metric = val_opt.get('key_metric')
     if isinstance(key_metric, str):
         if ours and metrics is None:
-            from uiqa_plugin.models.iqa_model import DEFAULT_METRICS
+            from uiqa_plugin.metrics.iqa_metric import DEFAULT_METRICS
             metrics = DEFAULT_METRICS
         if metrics is not None and key_metric not in metrics:
             problems.append(f'val.key_metric: {key_metric!r} is not among the metrics {list(metrics)}')
@@ -571,6 +549,25 @@ def _check_logger(opt, ours, problems):
         value = logger.get(key)
         if _is_type(value, (int, float)) and not value > 0:
             problems.append(f'logger.{key}: must be positive, got {value}')
+
+
+#: longest experiment name in bytes: BasicSR adds up to 32 characters to it in file names
+#: (``_archived_<time>``, ``train_<name>_<time>.log``, ``debug_``), and folders hold names of 255 bytes
+MAX_NAME_BYTES = 200
+
+
+def _check_name(name, problems):
+    """``name`` names experiments/<name> and results/<name>: one folder name, nothing else."""
+    if not isinstance(name, str):
+        return
+    if not name.strip() or name in ('.', '..'):
+        problems.append(f'name: {name!r} is not a folder name')
+    elif '/' in name or '\\' in name or '\0' in name or '..' in name:
+        problems.append(f'name: {name!r} must be a plain folder name (no /, \\ or ..): it names '
+                        'experiments/<name> and results/<name>')
+    elif len(name.encode('utf-8')) > MAX_NAME_BYTES:
+        problems.append(f'name: {len(name.encode("utf-8"))} bytes long, at most {MAX_NAME_BYTES} '
+                        '(it becomes part of folder and file names)')
 
 
 def _check_num_gpu(opt, problems):
@@ -635,6 +632,7 @@ def validate_options(opt, is_train=True, source='options', check_environment=Tru
             'model_type.type', 'model_type'))
     ours = model_cls is None or is_ours(model_cls)  # unknown model: hold it to our schema
     _check_block(opt, TOP_LEVEL if ours else BASICSR_TOP_LEVEL, '', problems, strict=ours)
+    _check_name(opt.get('name'), problems)
     arch = None
     if isinstance(opt.get('network_g'), dict):
         arch = _check_network(opt['network_g'], 'network_g', problems, check_environment)

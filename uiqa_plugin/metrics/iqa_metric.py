@@ -318,6 +318,8 @@ METRIC_FUNCTIONS = {
     'mae_logistic': calculate_mae_logistic,
     '2afc': calculate_2afc_accuracy,
 }
+#: What IQAModel's validation computes when ``val.metrics`` is left out.
+DEFAULT_METRICS = {'srcc': {'type': 'calculate_srcc'}, 'plcc': {'type': 'calculate_plcc'}}
 _ON_CHECKED = {
     calculate_srcc: _srcc,
     calculate_krcc: _krcc,

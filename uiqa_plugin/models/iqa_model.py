@@ -8,10 +8,10 @@ Differences from BasicSR's SRModel, each for a reason:
 - SGD / AdamW and our schedulers (BasicSR 1.4.2 only knows Adam);
 - DDP works on CPU (gloo) as on GPU;
 - every weight file is read with ``weights_only`` (checkpoint_io) and written atomically;
-- training states also hold the random states, the position inside the epoch and the
-  best-metric record, so that an interrupted run resumes exactly (runner.train_pipeline);
+- ``gathers_validation``: each rank predicts its share of a validation set (the runner shards
+  it) and rank 0 computes the metrics over all of them (BasicSR's models validate on rank 0);
 - ``train.ema_decay``: an exponential moving average of the trainable parameters (BasicSR's
-  ``net_g_ema``), saved as ``params_ema`` and used for validation;
+  ``net_g_ema``, here ``models.ema.ParameterEMA``), saved as ``params_ema`` and used for validation;
 - test options may leave ``network_g`` out: the checkpoint's own arch options build it.
 """
 import contextlib
@@ -22,7 +22,6 @@ from collections import OrderedDict
 from copy import deepcopy
 
 import torch
-import torch.distributed as dist
 from basicsr.archs import build_network
 from basicsr.models.base_model import BaseModel
 from basicsr.utils import get_root_logger
@@ -30,25 +29,18 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from uiqa_plugin.checkpoint_io import TRUST_HINT, CheckpointReadError, load_checkpoint, looks_like_path, save_checkpoint
+from uiqa_plugin.checkpoint_io import (TRUST_HINT, CheckpointReadError, CheckpointWriteError, load_checkpoint,
+                                      looks_like_path, save_checkpoint)
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.losses.combined import build_loss_set
-from uiqa_plugin.metrics.iqa_metric import compute_metrics
+from uiqa_plugin.metrics.iqa_metric import DEFAULT_METRICS, compute_metrics
+from uiqa_plugin.models.ema import ParameterEMA
 from uiqa_plugin.models.prediction_table import validation_table, write_table
 from uiqa_plugin.optim import build_optimizer, build_scheduler
+from uiqa_plugin.rank_gather import gather_predictions
 from uiqa_plugin.user_modules import recorded_imports
 
 DDP_PARAMETERS = inspect.signature(DistributedDataParallel.__init__).parameters
-DEFAULT_METRICS = {'srcc': {'type': 'calculate_srcc'}, 'plcc': {'type': 'calculate_plcc'}}
-
-
-def gather_objects(obj):
-    """List of ``obj`` from every rank (just [obj] when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
 
 
 #: arch options that name CLIP weights; stored as absolute paths when they are files
@@ -71,61 +63,11 @@ def missing_clip_paths(net_opt):
             if looks_like_path(net_opt.get(k)) and not osp.exists(osp.expanduser(net_opt[k]))]
 
 
-class CheckpointWriteError(OSError):
-    """A checkpoint or training state could not be written; the message names the file."""
-
-
-class ParameterEMA:
-    """Exponential moving average of a network's trainable parameters (BasicSR's ``net_g_ema``).
-
-    BasicSR keeps a second network; ours would drag the shared frozen CLIP along (archs hold it
-    outside their module tree, so ``deepcopy`` copies it, and fine-tuned CLIP parts are reached
-    through it). We keep the averaged tensors only and swap them into the network for validation
-    and for the ``params_ema`` state dict. ema = decay * ema + (1 - decay) * param, per step.
-    """
-
-    def __init__(self, net, decay):
-        if not 0 <= decay < 1:
-            raise ValueError(f'train.ema_decay must be in [0, 1), got {decay}')
-        self.decay = float(decay)
-        self.shadow = OrderedDict((n, p.detach().clone()) for n, p in net.named_parameters() if p.requires_grad)
-
-    @torch.no_grad()
-    def update(self, net):
-        for name, param in net.named_parameters():
-            if name in self.shadow:
-                self.shadow[name].mul_(self.decay).add_(param.detach(), alpha=1 - self.decay)
-
-    def state_dict(self, net):
-        """``net.state_dict()`` with the averaged parameters in place of the trained ones (CPU)."""
-        return OrderedDict((k, self.shadow.get(k, v).detach().cpu().clone()) for k, v in net.state_dict().items())
-
-    def load_state_dict(self, state):
-        missing = [n for n in self.shadow if n not in state]
-        if missing:
-            raise KeyError(f'params_ema lacks {missing[:5]}')
-        for name in self.shadow:
-            self.shadow[name].copy_(state[name])
-
-    @contextlib.contextmanager
-    def applied(self, net):
-        """Within the block, ``net`` computes with the averaged parameters."""
-        params = dict(net.named_parameters())
-        saved = {n: params[n].detach().clone() for n in self.shadow}
-        with torch.no_grad():
-            for n, value in self.shadow.items():
-                params[n].copy_(value)
-        try:
-            yield net
-        finally:
-            with torch.no_grad():
-                for n, value in saved.items():
-                    params[n].copy_(value)
-
-
 @MODEL_REGISTRY.register()
 class IQAModel(BaseModel):
     """Image quality model: ``network_g`` maps the views of a batch to scores (N, T)."""
+
+    gathers_validation = True  # see uiqa_plugin.runner.model_contract
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -348,19 +290,10 @@ class IQAModel(BaseModel):
         val_opt = self.opt.get('val') or {}
         with self.ema.applied(self.get_bare_model(self.net_g)) if self.ema else contextlib.nullcontext():
             keys, preds, targets = self.predict_loader(dataloader, progress=val_opt.get('pbar', True))
-        shards = gather_objects((keys, preds, targets))
+        self.val_keys, self.val_preds, self.val_targets = gather_predictions(keys, preds, targets)
         if self.opt['rank'] != 0:
             return
-        # Samplers may repeat samples to even out ranks: keep the first prediction of each key.
-        merged = OrderedDict()
-        for shard_keys, shard_preds, shard_targets in shards:
-            for i, key in enumerate(shard_keys):
-                if key not in merged:
-                    merged[key] = (shard_preds[i], None if shard_targets is None else shard_targets[i])
-        self.val_keys = list(merged)
-        self.val_preds = torch.stack([p for p, _ in merged.values()]) if merged else torch.empty(0, 1)
-        has_targets = all(t is not None for _, t in merged.values()) and len(merged) > 0
-        self.val_targets = torch.stack([t for _, t in merged.values()]) if has_targets else None
+        has_targets = self.val_targets is not None
 
         metrics_opt = val_opt.get('metrics') or DEFAULT_METRICS
         self.metric_results = {}
@@ -458,49 +391,20 @@ class IQAModel(BaseModel):
     def _write(obj, path, what):
         try:
             save_checkpoint(obj, path)  # atomic: a kill leaves the previous file, never a truncated one
-        except OSError as exc:
-            raise CheckpointWriteError(f'cannot write the {what} file {path}: {exc.strerror or exc} '
-                                       f'(is {osp.dirname(path)} writable, is the disk full?)') from exc
+        except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as a RuntimeError
+            raise CheckpointWriteError.writing(what, path, exc) from exc
 
     def save_training_state(self, epoch, current_iter):
-        """Atomic training state with everything an exact resume needs (runner.train_pipeline).
+        """BasicSR's training state (epoch, iter, optimizers, schedulers), written atomically.
 
-        Beyond BasicSR's (epoch, iter, optimizers, schedulers): ``batches_in_epoch`` (the position in the
-        epoch), ``rng`` and ``epoch_rng`` (random states of every rank now and at the start of the
-        epoch) and ``best_metric_results``. Collective: every rank must call it.
+        The loop saves what an exact resume needs beside it (uiqa_plugin.runner.training_state).
         """
-        if current_iter == -1:
-            return
-        from uiqa_plugin.runner import rng_state, rng_to_plain
-        rngs = gather_objects(rng_to_plain(rng_state()))
-        epoch_rngs = gather_objects(rng_to_plain(getattr(self, 'epoch_rng', None) or rng_state()))
-        if self.opt['rank'] != 0:
+        if current_iter == -1 or self.opt['rank'] != 0:
             return
         state = {'epoch': epoch, 'iter': current_iter,
                  'optimizers': [o.state_dict() for o in self.optimizers],
-                 'schedulers': [s.state_dict() for s in self.schedulers],
-                 'batches_in_epoch': int(getattr(self, 'batches_in_epoch', 0)),
-                 'rng': rngs, 'epoch_rng': epoch_rngs,
-                 'best_metric_results': deepcopy(getattr(self, 'best_metric_results', {}))}
-        path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
-        self._write(state, path, 'training state')
-
-    def resume_training(self, resume_state):
-        super().resume_training(resume_state)
-        self.resume_state = resume_state
-        if resume_state.get('best_metric_results'):
-            self.best_metric_results = deepcopy(resume_state['best_metric_results'])
-
-    def resume_rng(self, key):
-        """This rank's random state saved under ``key`` ('rng' | 'epoch_rng') of the resumed state."""
-        from uiqa_plugin.runner import rng_from_plain, rng_state
-        states = (getattr(self, 'resume_state', None) or {}).get(key)
-        if not states or len(states) != self.opt['world_size']:
-            get_root_logger().warning(f'the training state has no random states for {self.opt["world_size"]} '
-                                      f'process(es): the resumed run draws other random numbers than an '
-                                      'uninterrupted one would')
-            return rng_state()
-        return rng_from_plain(states[self.opt['rank']])
+                 'schedulers': [s.state_dict() for s in self.schedulers]}
+        self._write(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'), 'training state')
 
     def get_current_log(self):
         return self.log_dict
