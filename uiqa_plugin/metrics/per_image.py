@@ -20,11 +20,9 @@ import contextlib
 import os.path as osp
 import sys
 
-from basicsr.models.base_model import BaseModel
-
 from uiqa_plugin.models.prediction_table import validation_table, write_table
 
-__all__ = ['per_image_metrics', 'per_image_tables_for_test_runs', 'metrics_table_path']
+__all__ = ['per_image_metrics', 'metrics_table_path']
 
 
 def metrics_table_path(folder, set_name):
@@ -130,24 +128,3 @@ def per_image_metrics(model, dataloader, folder):
         write_table(path, *validation_table(model, dataset))
     elif any(values for _, values in recorder.rows):
         write_table(path, *recorder.table())
-
-
-@contextlib.contextmanager
-def per_image_tables_for_test_runs():
-    """Within the block, every ``validation`` of a BasicSR model writes its per-image table into the run's
-    ``path.results_root`` (what ``uiqa_plugin/test.py`` wraps around the test pipeline).
-
-    It wraps ``BaseModel.validation``, which every BasicSR model inherits; a model class that overrides
-    ``validation`` itself gets no table this way (a runner can call ``per_image_metrics`` around it).
-    """
-    validation = BaseModel.validation
-
-    def validation_with_table(self, dataloader, *args, **kwargs):
-        folder = self.opt['path'].get('results_root') or self.opt['path'].get('visualization') or '.'
-        with per_image_metrics(self, dataloader, folder):
-            return validation(self, dataloader, *args, **kwargs)
-    BaseModel.validation = validation_with_table
-    try:
-        yield
-    finally:
-        BaseModel.validation = validation

@@ -21,14 +21,15 @@ import time
 import yaml
 
 from uiqa_plugin import archs, data, losses, metrics, models, perception  # noqa: F401  (register our classes)
-from uiqa_plugin.checkpoint_io import CheckpointReadError, CheckpointWriteError, load_checkpoint
-from uiqa_plugin.clip_backbone import ClipLoadError, load_clip_for_network, yaml_option_names
+from uiqa_plugin.checkpoint_io import TRUST_HINT, CheckpointReadError, CheckpointWriteError, load_checkpoint
+from uiqa_plugin.clip import ClipLoadError, load_clip_for_network, yaml_option_names
+from uiqa_plugin.clip.pretrained import trusting
 from uiqa_plugin.option_error import OptionError
-from uiqa_plugin.options import validate_options
+from uiqa_plugin.options import check_checkpoint_options, validate_options
 from uiqa_plugin.runner.basicsr_patches import fill_defaults, init_dist, patch_basicsr
 from uiqa_plugin.runner.experiment_lock import ExperimentInUseError
 from uiqa_plugin.runner.pipelines import test_pipeline, train_pipeline
-from uiqa_plugin.runner.training_state import TRUST_HINT
+from uiqa_plugin.runner.training_state import trust_checkpoint
 from uiqa_plugin.user_modules import import_from_argv
 
 
@@ -138,7 +139,10 @@ def network_from_checkpoint(opt):
         return None
     trust = bool(opt['path'].get('trust_checkpoint'))
     ckpt = load_checkpoint(osp.expanduser(ckpt_path), trust=trust, trust_hint=TRUST_HINT)
-    return dict(ckpt['network_g']) if isinstance(ckpt, dict) and isinstance(ckpt.get('network_g'), dict) else None
+    if not isinstance(ckpt, dict) or 'network_g' not in ckpt:
+        return None
+    # the stored options (network_g, preprocessing) pass the same checks as an option file's
+    return check_checkpoint_options(ckpt, ckpt_path, ckpt.get('imports'))
 
 
 def check_options(args, is_train):
@@ -234,7 +238,8 @@ def load_network_clip(opt):
     logger.setLevel(logging.INFO)
     logger.propagate = False  # kept for the log file, not printed by a handler of the root logger
     try:
-        load_clip_for_network(opt.get('network_g') or network_from_checkpoint(opt))
+        with trusting(trust_checkpoint(opt)):  # a TorchScript archive is read as data unless the user vouches
+            load_clip_for_network(opt.get('network_g') or network_from_checkpoint(opt))
     except ClipLoadError as exc:
         exit_with_message(f'error: {exc.message(yaml_option_names())}', 2, every_rank=True)
     finally:

@@ -1,9 +1,8 @@
 """One live training per experiment folder: an exclusive ``flock`` held for the life of the run."""
-import fcntl
 import hashlib
-import os
 import os.path as osp
-import socket
+
+from uiqa_plugin.file_lock import FileLock, LockHeldError
 
 
 class ExperimentInUseError(RuntimeError):
@@ -27,28 +26,18 @@ class ExperimentLock:
             base = f'{base}-{hashlib.sha1(folder.encode()).hexdigest()[:8]}'
         self.path = osp.join(osp.realpath(experiments_dir), f'.{base}.lock')
         self.name = name
-        self._file = None
+        self._lock = None
 
     def acquire(self):
-        os.makedirs(osp.dirname(self.path), exist_ok=True)
-        handle = open(self.path, 'a+', encoding='utf-8')
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or 'unknown process'
-            handle.close()
-            raise ExperimentInUseError(f'experiment {self.name!r} is in use by a running training ({holder}; lock file '
-                                       f'{self.path}). Wait for it to end, stop it, or give this run another name.'
-                                       ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f'pid {os.getpid()} on {socket.gethostname()}')
-        handle.flush()
-        self._file = handle
+            self._lock = FileLock(self.path).acquire()
+        except LockHeldError as exc:
+            raise ExperimentInUseError(f'experiment {self.name!r} is in use by a running training ({exc.holder}; lock '
+                                       f'file {self.path}). Wait for it to end, stop it, or give this run another '
+                                       'name.') from None
         return self
 
     def release(self):
-        if self._file is not None:
-            self._file.close()  # closing drops the flock
-            self._file = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None

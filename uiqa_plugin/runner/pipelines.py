@@ -13,11 +13,13 @@ import re
 
 import torch
 
+from uiqa_plugin.clip.pretrained import trusting
+from uiqa_plugin.metrics.per_image import per_image_metrics
 from uiqa_plugin.runner.basicsr_patches import build_dataloader
 from uiqa_plugin.runner.experiment_lock import ExperimentLock
 from uiqa_plugin.runner.loop import train_loop
 from uiqa_plugin.runner.model_contract import gathers_validation
-from uiqa_plugin.runner.training_state import load_resume_state
+from uiqa_plugin.runner.training_state import load_resume_state, trust_checkpoint
 
 FILE_ONLY = {'file_only': True}  # ``extra`` of a log record meant for the log file, not the terminal
 
@@ -129,7 +131,8 @@ def train_pipeline(opt, opt_path, early_records=()):
         tb_logger = bt.init_tb_loggers(opt)
         train_loader, train_sampler, val_loaders, total_iters = create_dataloaders(
             opt, logger, shard=gathers_validation(_model_class(opt)))
-        model = build_model(opt)
+        with trusting(trust_checkpoint(opt)):
+            model = build_model(opt)
         train_loop(opt, model, train_loader, train_sampler, val_loaders, total_iters, resume_state, tb_logger, logger)
         if tb_logger:
             tb_logger.close()
@@ -155,7 +158,10 @@ def test_pipeline(opt, early_records=()):
         test_loaders.append(build_dataloader(test_set, dataset_opt, num_gpu=opt['num_gpu'], dist=opt['dist'],
                                              seed=opt['manual_seed'], shard=shard))
         logger.info(f"Number of test images in {dataset_opt['name']}: {len(test_set)}")
-    model = build_model(opt)
+    with trusting(trust_checkpoint(opt)):  # a TorchScript CLIP archive is read as data unless the user vouches
+        model = build_model(opt)
     for test_loader in test_loaders:
         logger.info(f"Testing {test_loader.dataset.opt['name']}...")
-        model.validation(test_loader, current_iter=opt['name'], tb_logger=None, save_img=opt['val']['save_img'])
+        # results/<name>/<set>_metrics.csv: one row per image, every metric of val.metrics
+        with per_image_metrics(model, test_loader, opt['path']['results_root']):
+            model.validation(test_loader, current_iter=opt['name'], tb_logger=None, save_img=opt['val']['save_img'])

@@ -14,15 +14,12 @@ import os.path as osp
 
 import torch
 
-from uiqa_plugin.checkpoint_io import (CheckpointReadError, CheckpointWriteError, UnsafeCheckpointError,
+from uiqa_plugin.checkpoint_io import (TRUST_HINT, CheckpointReadError, CheckpointWriteError, UnsafeCheckpointError,
                                        load_checkpoint, save_checkpoint)
 from uiqa_plugin.devices import current_device
 from uiqa_plugin.rank_gather import gather_objects
 from uiqa_plugin.runner.model_contract import best_record
 from uiqa_plugin.runner.random_states import rng_from_plain, rng_state, rng_to_plain
-
-TRUST_HINT = '--trust-checkpoint (or path.trust_checkpoint: true in the option file)'
-
 
 def trust_checkpoint(opt):
     """Whether the user vouches for this run's weight files (``--trust-checkpoint`` / ``path.trust_checkpoint``)."""
