@@ -68,6 +68,10 @@ def tiny_metric_factory(tiny_clip_files):
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: trains for more than a few iterations (deselect with -m "not slow")')
+
+
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     """The demo dataset and the BatchNorm-calibrated tiny CLIP, built by the shipped scripts."""

@@ -1,0 +1,80 @@
+"""Training learns a target the model can represent exactly, through the normal entry point.
+
+The targets (scripts/learnable_targets.py) are outputs of frozen one-view teachers: a fixed random
+projection of the tiny CLIP's image-view (or fragment-view) features through a sigmoid, computed with
+the project's own dataset and transforms. A student with the needed view must rank the held-out
+images (unseen contents) almost exactly; the checks fail when targets are misaligned with images
+(measured once with ``--shuffle-seed 0``: held-out SRCC -0.07 instead of 0.99), when a view never
+reaches the head, or when distributed training shards or gathers wrongly.
+"""
+import importlib.util
+import os.path as osp
+import sys
+
+import pytest
+
+from test_training import REPO, last_metric, run, train, write_yaml
+
+spec = importlib.util.spec_from_file_location('learnable_targets', osp.join(REPO, 'scripts', 'learnable_targets.py'))
+learnable_targets = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(learnable_targets)
+
+THRESHOLD = 0.95  # held-out SRCC of a model that has the needed view
+
+
+@pytest.fixture(scope='module')
+def target_csv(demo_data, tmp_path_factory):
+    path = tmp_path_factory.mktemp('learnable') / 'learnable_targets.csv'
+    return learnable_targets.write_learnable_csv(str(demo_data), str(path), str(demo_data / 'tiny.pt'))
+
+
+def options(demo_data, target_csv, name, target_column, **kwargs):
+    # Measured (2-core EPYC, seed 0): the image target reaches held-out SRCC 0.996 at iteration 50 (lr 0.02).
+    kwargs.setdefault('total_iter', 60)
+    return learnable_targets.training_options(name, str(demo_data / '1024x768'), target_csv, target_column,
+                                              str(demo_data / 'tiny.pt'), lr=0.02, **kwargs)
+
+
+def test_targets_are_what_the_teachers_see(demo_data, target_csv):
+    """The CSV rows hold the teachers' outputs for their own images, in (0, 1), split by content."""
+    import csv
+    with open(target_csv, newline='') as f:
+        rows = {r['image_name']: r for r in csv.DictReader(f)}
+    assert len(rows) == 192 and {r['set'] for r in rows.values()} == {'training', 'validation'}
+    again = learnable_targets.compute_targets(str(demo_data), str(demo_data / 'tiny.pt'), batch_size=7)
+    for name, values in again.items():
+        for column, value in values.items():
+            assert 0 < value < 1 and float(rows[name][column]) == pytest.approx(value, abs=1e-6)
+    sources = lambda split: {n.rsplit('_', 1)[0] for n, r in rows.items() if r['set'] == split}  # noqa: E731
+    assert not sources('training') & sources('validation')
+
+
+@pytest.mark.slow
+def test_image_target_is_learned_on_one_process(demo_data, target_csv, tmp_path):
+    opt = options(demo_data, target_csv, 'learn_image', 'image_target')
+    srcc = last_metric(train(write_yaml(tmp_path, opt), tmp_path), 'srcc')
+    assert srcc >= THRESHOLD, srcc
+
+
+@pytest.mark.slow
+def test_image_target_is_learned_on_two_processes(demo_data, target_csv, tmp_path):
+    opt = options(demo_data, target_csv, 'learn_image_dist', 'image_target', batch_size=8)
+    log = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+               osp.join(REPO, 'uiqa_plugin', 'train.py'), '-opt', write_yaml(tmp_path, opt)], tmp_path)
+    assert 'world_size: 2' in log
+    srcc = last_metric(log, 'srcc')
+    assert srcc >= THRESHOLD, srcc
+
+
+@pytest.mark.slow
+def test_fragment_target_is_learned_only_with_the_fragment_view(demo_data, target_csv, tmp_path):
+    with_fragments = options(demo_data, target_csv, 'learn_fragments', 'fragment_target', total_iter=150,
+                             model_views=['image', 'fragments', 'salient'], aggregation='concat')
+    without = options(demo_data, target_csv, 'learn_no_fragments', 'fragment_target', total_iter=150,
+                      model_views=['image', 'salient'], aggregation='concat')
+    srcc_with = last_metric(train(write_yaml(tmp_path, with_fragments, 'with.yml'), tmp_path), 'srcc')
+    srcc_without = last_metric(train(write_yaml(tmp_path, without, 'without.yml'), tmp_path), 'srcc')
+    # Measured (seed 0, lr 0.02, 150 steps): 0.98 with the fragment view; without it 0.77 (400 steps at lr 0.01):
+    # the 48x64 image view has lost the detail the fragment target reads.
+    assert srcc_with >= THRESHOLD, srcc_with
+    assert srcc_without < srcc_with - 0.1, (srcc_with, srcc_without)
