@@ -119,27 +119,32 @@ def prepare(out, size, levels):
 
 
 def planned_runs(parts, seeds, iters, data):
-    """[(part, config label, seed, option dict)] in the order they run."""
+    """[(part, config label, seed, option dict)] in the order they run: seed by seed, so that a partial
+    ablation already has every configuration once."""
     runs = []
-    if 'views' in parts:
-        for label, views in VIEW_SETS.items():
-            for agg in AGGREGATIONS if len(views) > 1 else ('mean',):
-                config = f'{label} / {agg}' if len(views) > 1 else f'{label} / (any)'
-                for seed in seeds:
+    for seed in seeds:
+        if 'views' in parts:
+            for label, views in VIEW_SETS.items():
+                for agg in AGGREGATIONS if len(views) > 1 else ('mean',):
+                    config = f'{label} / {agg}' if len(views) > 1 else f'{label} / (any)'
                     opt = training_options(
-                        f'views_{len(runs)}', data['ladder_images'], data['ladder_csv'], 'strength', data['clip'],
-                        views=LADDER_VIEWS, model_views=views, aggregation=agg, attributes='quality,sharpness,noisiness',
-                        finetune_clip=('visual.layer4', 'visual.attnpool'), total_iter=iters['views'], lr=0.003,
-                        batch_size=8, seed=seed)
+                        f'views_{_slug(config)}_{seed}', data['ladder_images'], data['ladder_csv'], 'strength',
+                        data['clip'], views=LADDER_VIEWS, model_views=views, aggregation=agg,
+                        attributes='quality,sharpness,noisiness', finetune_clip=('visual.layer4', 'visual.attnpool'),
+                        total_iter=iters['views'], lr=0.003, batch_size=8, seed=seed)
                     opt['datasets']['train']['use_hflip'] = True  # the demo recipe's training chain
                     runs.append(('views', config, seed, opt))
-    if 'losses' in parts:
-        for label, loss in LOSSES.items():
-            for seed in seeds:
-                opt = training_options(f'losses_{len(runs)}', data['demo_images'], data['target_csv'], 'image_target',
-                                       data['clip'], loss=loss, total_iter=iters['losses'], lr=0.01, seed=seed)
+        if 'losses' in parts:
+            for label, loss in LOSSES.items():
+                opt = training_options(f'losses_{_slug(label)}_{seed}', data['demo_images'], data['target_csv'],
+                                       'image_target', data['clip'], loss=loss, total_iter=iters['losses'], lr=0.02,
+                                       seed=seed)
                 runs.append(('losses', label, seed, opt))
     return runs
+
+
+def _slug(label):
+    return re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
 
 
 def read_runs(path):
@@ -204,7 +209,7 @@ def main(argv=None):
     parser.add_argument('--out', default='ablation', help='working folder: data, runs, runs.csv, table.md')
     parser.add_argument('--parts', nargs='+', default=['views', 'losses'], choices=['views', 'losses'])
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, help='training iterations of every run (default: 120 views, 150 losses)')
+    parser.add_argument('--iters', type=int, help='training iterations of every run (default: 200 views, 100 losses)')
     parser.add_argument('--size', type=int, nargs=2, default=(128, 96), metavar=('W', 'H'),
                         help='ladder image size (default 128 96)')
     parser.add_argument('--levels', type=int, default=4, help='ladder levels per distortion (default 4)')
@@ -212,7 +217,7 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     out = osp.abspath(args.out)
     data = prepare(out, args.size, args.levels)
-    iters = {'views': args.iters or 120, 'losses': args.iters or 150}
+    iters = {'views': args.iters or 200, 'losses': args.iters or 100}
     runs = planned_runs(args.parts, args.seeds, iters, data)
     print(f'{len(runs)} runs, seeds {args.seeds}, iterations {iters}; results in {out}', flush=True)
     results = run_all(out, runs)

@@ -35,6 +35,7 @@ def options(demo_data, target_csv, name, target_column, **kwargs):
                                               str(demo_data / 'tiny.pt'), lr=0.02, **kwargs)
 
 
+@pytest.mark.slow
 def test_targets_are_what_the_teachers_see(demo_data, target_csv):
     """The CSV rows hold the teachers' outputs for their own images, in (0, 1), split by content."""
     import csv
