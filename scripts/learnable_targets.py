@@ -16,10 +16,10 @@ same family (frozen CLIP, learned context) represents it exactly. ``image_target
 The views (``LEARNABLE_VIEWS``) are computed by the project's own dataset and transforms, as in
 training. The image view is downscaled to 48x64 (as UIQA downscales its aesthetics view) while
 fragments and the salient patch keep native pixels: then the fine detail the fragment target
-reads is not in the image view, and a model without fragments cannot follow that target
-(measured: held-out SRCC 0.77 for an image+salient model, 0.98 with fragments). At full size
-the image view's features predict the fragment projection almost perfectly (SRCC 0.9+), and the
-test could not tell whether the fragment view reaches the head. Training uses the evaluation
+reads is not in the image view, and a model without fragments follows that target clearly worse
+(measured: held-out SRCC 0.77 for an image+salient model, 0.98 with fragments). With the image
+view at full size, its features follow the fragments' closely, and the test could not tell
+whether the fragment view reaches the head. Training uses the evaluation
 chain (fragments at the cell centres, no flip), so training sees exactly the views the targets
 were computed on.
 
@@ -49,10 +49,7 @@ DEMO_IMAGES = '1024x768'
 #: views of the learnable-target runs: a downscaled image view, native-pixel fragments and centre patch
 LEARNABLE_VIEWS = {'image': {'size': [48, 64]}, 'fragments': {'grid': 4, 'patch': 32, 'train': False},
                    'salient': {'size': 64}}
-#: target column -> (the view the teacher reads, the seed of its prompt context). Seed 1's fragment projection is
-#: predicted from the image and salient features by a ridge regression with held-out SRCC 0.70 (the median of
-#: seeds 0-29: 0.71). Less predictable seeds exist, but their directions carry less variance and take a student
-#: far longer to learn (seed 19: ridge 0.49, and 0.93 after 300 steps instead of 0.99).
+#: target column -> (the view the teacher reads, the seed of its prompt context; the first seed tried, not tuned)
 TARGETS = {'image_target': ('image', 1), 'fragment_target': ('fragments', 1)}
 N_CTX = 8
 
