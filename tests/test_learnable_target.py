@@ -15,9 +15,15 @@ import pytest
 
 from test_training import REPO, last_metric, run, train, write_yaml
 
-spec = importlib.util.spec_from_file_location('learnable_targets', osp.join(REPO, 'scripts', 'learnable_targets.py'))
-learnable_targets = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(learnable_targets)
+
+def _load_script(name):
+    module_spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'scripts', f'{name}.py'))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+learnable_targets = _load_script('learnable_targets')
 
 THRESHOLD = 0.95  # held-out SRCC of a model that has the needed view
 
@@ -79,3 +85,37 @@ def test_fragment_target_is_learned_only_with_the_fragment_view(demo_data, targe
     # the 48x64 image view has lost the detail the fragment target reads.
     assert srcc_with >= THRESHOLD, srcc_with
     assert srcc_without < srcc_with - 0.1, (srcc_with, srcc_without)
+
+
+def test_ablation_plans_every_configuration_with_valid_options():
+    """Every planned run passes the option validation train.py applies; a seed covers all configurations."""
+    from uiqa_plugin.options import validate_options
+    ablation = _load_script('ablation')
+    data = {'clip': 'tiny.pt', 'ladder_images': 'ladder', 'ladder_csv': 'ladder.csv', 'demo_images': 'demo',
+            'target_csv': 'targets.csv'}
+    runs = ablation.planned_runs(['views', 'losses'], [0, 1], {'views': 5, 'losses': 5}, data)
+    per_seed = 1 + 4 + 4 + len(ablation.LOSSES)  # one view: the aggregations coincide
+    assert len(runs) == 2 * per_seed and [r[2] for r in runs] == [0] * per_seed + [1] * per_seed
+    names = [opt['name'] for *_, opt in runs]
+    assert len(set(names)) == len(names)  # each run its own experiment folder
+    for part, config, seed, opt in runs:
+        validate_options(opt, check_environment=False)
+        net = opt['network_g']
+        assert opt['manual_seed'] == seed
+        if part == 'views':
+            assert net['finetune_clip'] == ['visual.layer4', 'visual.attnpool']
+            assert set(opt['datasets']['train']['views']) == set(net['views'])
+            assert config.startswith(next(k for k, v in ablation.VIEW_SETS.items() if v == net['views']))
+        else:
+            assert net['finetune_clip'] == [] and opt['train']['loss_opt'] == ablation.LOSSES[config]
+
+
+def test_ladder_strength_is_the_distortion_level(tmp_path):
+    ablation = _load_script('ablation')
+    meta = tmp_path / 'meta.csv'
+    meta.write_text('image_name,MOS,set\n'
+                    'a_ref.jpg,90,training\na_blur1.jpg,70,training\na_blur4.jpg,20,training\n'
+                    'b_noise2.jpg,50,validation\nb_jpeg1.jpg,60,test\nb_noise4.jpg,10,test\n')
+    assert ablation.ladder_rows(str(meta)) == [('a_ref.jpg', 0.0, 'training'), ('a_blur1.jpg', 0.25, 'training'),
+                                               ('a_blur4.jpg', 1.0, 'training'), ('b_noise2.jpg', 0.5, 'validation'),
+                                               ('b_noise4.jpg', 1.0, 'validation')]
