@@ -184,8 +184,10 @@ def run_all(out, runs):
 
 
 def mean_sd(values):
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f'{statistics.fmean(values):.3f} ± {sd:.3f}'
+    """'mean ± sd' (sample sd) over seeds; the mean alone for one seed."""
+    if len(values) < 2:
+        return f'{values[0]:.3f}'
+    return f'{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}'
 
 
 def table(results, runs):
