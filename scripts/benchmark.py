@@ -2,7 +2,7 @@
 
     python scripts/benchmark.py score      [--precisions fp32 bf16] [--batch-sizes 1 4] [--images 4] [--json out.json]
     python scripts/benchmark.py train      [--precisions fp32 bf16] [--train-batch-sizes 8] [--iters 2]
-    python scripts/benchmark.py deviation  [--images-dir datasets/demo/1024x768] [--clip-model ... --clip-pretrained ...]
+    python scripts/benchmark.py deviation  [--images-dir datasets/demo/256x192] [--clip-model ... --clip-pretrained ...]
     python scripts/benchmark.py all --json bench.json
     PYTHONPATH=$PWD /work/venv-pyiqa/bin/python scripts/benchmark.py score   # a Python with pyiqa: adds the peer
 
@@ -502,7 +502,7 @@ def main(argv=None):
     parser.add_argument('--train-attributes', default='quality,look', help='training prompt pairs (default: six)')
     parser.add_argument('--iters', type=int, default=5 if cuda else 2,
                         help='timed training steps per precision and batch size (default: 2 on CPU, 5 on CUDA)')
-    parser.add_argument('--images-dir', default=os.path.join(REPO, 'datasets/demo/1024x768'),
+    parser.add_argument('--images-dir', default=os.path.join(REPO, 'datasets/demo/256x192'),
                         help='deviation: folder of images (default: the demo set)')
     parser.add_argument('--clip-model', default=os.path.join(REPO, 'options/clip/tiny-rn.json'),
                         help='deviation: CLIP architecture (default: the tiny demo CLIP config; RN50 for RN50)')

@@ -74,11 +74,17 @@ def main():
         batch = torch.stack([image_to_tensor(read_image(p)) for p in paths[:args.batch_size]])
         end_to_end(metric, paths[:args.batch_size], args.batch_size, 0)  # warm-up: text features, kernels
         best = {'model only': 0.0, **{f'workers={w}': 0.0 for w in args.workers}}
+        start = time.perf_counter()
+
+        def measured(r, name, rate):  # one line per measurement: a round takes minutes on a CPU
+            best[name] = max(best[name], rate)
+            print(f'[{time.perf_counter() - start:6.0f} s] round {r + 1}/{args.rounds} {name:14s} {rate:8.2f} '
+                  'images/s', flush=True)
+
         for r in range(args.rounds):
-            best['model only'] = max(best['model only'], model_only(metric, batch, args.batch_size, args.images))
+            measured(r, 'model only', model_only(metric, batch, args.batch_size, args.images))
             for w in args.workers:
-                best[f'workers={w}'] = max(best[f'workers={w}'], end_to_end(metric, paths, args.batch_size, w))
-            print(f'round {r + 1}/{args.rounds} done', flush=True)
+                measured(r, f'workers={w}', end_to_end(metric, paths, args.batch_size, w))
     reference = best['model only']
     print(f'{"":14s} {"images/s":>9s} {"of model-only":>14s}')
     for name, rate in best.items():

@@ -5,11 +5,12 @@ Examples:
     python scripts/build_lmdb.py --dataroot datasets/koniq10k/1024x768 \
         --meta-file datasets/koniq10k/koniq10k_distributions_sets.csv --out datasets/koniq10k/1024x768.lmdb
     # every image under a folder (keys = paths relative to it)
-    python scripts/build_lmdb.py --dataroot datasets/demo/1024x768 --out datasets/demo/1024x768.lmdb
+    python scripts/build_lmdb.py --dataroot datasets/demo/256x192 --out datasets/demo/256x192.lmdb
 
 Then use ``io_backend: {type: lmdb, db_paths: <out>}`` in the dataset options.
 """
 import argparse
+import os.path as osp
 import sys
 
 import uiqa_plugin  # noqa: F401  (before basicsr: installs the torchvision alias)
@@ -26,6 +27,12 @@ def keys_from_table(meta_file, name_column=None, name_template='{}'):
     return [format_name(name_template, row[idx]) for _, row in rows if idx < len(row) and row[idx]]
 
 
+def fail(message):
+    """One line on stderr, exit status 2: the user's input is wrong, a traceback would only hide that."""
+    print(f'build_lmdb.py: {message}', file=sys.stderr)
+    return 2
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--dataroot', required=True, help='image folder')
@@ -37,12 +44,17 @@ def main(argv=None):
     parser.add_argument('--map-size', type=int, help='LMDB map size in bytes (default: 1.5 x total file size)')
     parser.add_argument('--overwrite', action='store_true', help='write into an existing non-empty folder')
     args = parser.parse_args(argv)
-
-    if args.meta_file:
-        keys = keys_from_table(args.meta_file, args.name_column, args.name_template)
-    else:
-        keys = list_images(args.dataroot, recursive=not args.no_recursive)
-    n = build_lmdb(args.dataroot, keys, args.out, map_size=args.map_size, overwrite=args.overwrite)
+    if not osp.isdir(args.dataroot):
+        return fail(f'--dataroot {args.dataroot}: no such folder')
+    try:
+        if args.meta_file:
+            keys = keys_from_table(args.meta_file, args.name_column, args.name_template)
+        else:
+            keys = list_images(args.dataroot, recursive=not args.no_recursive)
+        n = build_lmdb(args.dataroot, keys, args.out, map_size=args.map_size, overwrite=args.overwrite)
+    except (OSError, ValueError, KeyError) as exc:  # a missing meta file, duplicate or missing images...
+        return fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else
+                    f'{exc.filename}: {exc.strerror}' if isinstance(exc, OSError) and exc.strerror else exc)
     print(f'wrote {n} images to {args.out} (keys as in {args.meta_file or args.dataroot}; meta_info.txt beside)')
     return 0
 

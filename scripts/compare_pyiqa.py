@@ -28,6 +28,7 @@ import os
 import os.path as osp
 import sys
 import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -111,6 +112,14 @@ def max_abs_diff(a, b):
     return float((a.double() - b.double()).abs().max())
 
 
+_START = time.perf_counter()
+
+
+def step(message):
+    """A progress line on stderr with the time since start: the whole comparison takes minutes on a CPU."""
+    print(f'[{time.perf_counter() - _START:6.1f} s] {message}', file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
 def compare(weight_file, images, ctx, workdir, quick_gelu=None):
     """{check name: (max |diff|, our scores, pyiqa scores)} over the images, one image per forward.
@@ -127,16 +136,19 @@ def compare(weight_file, images, ctx, workdir, quick_gelu=None):
         return torch.cat([model(prepare(im)[None]).reshape(1, -1) for im in images])
 
     results = {}
+    step('1/4 zero-shot, pyiqa five pairs: building both models and scoring')
     ours = uiqa_plugin.create_metric('pyiqa', clip_pretrained=weight_file, device='cpu', quick_gelu=quick_gelu)
     theirs = build_pyiqa_clipiqa(weight_file, 'clipiqa')
     a, b = run(ours), run(theirs)
     results['zero-shot, pyiqa five pairs'] = (max_abs_diff(a, b), a, b)
 
+    step("2/4 zero-shot, 'Good photo.'/'Bad photo.'")
     ours = uiqa_plugin.create_metric('quality', clip_pretrained=weight_file, device='cpu', quick_gelu=quick_gelu)
     theirs = build_pyiqa_clipiqa(weight_file, 'clipiqa', prompts=['Good photo.', 'Bad photo.'])
     a, b = run(ours), run(theirs)
     results["zero-shot, 'Good photo.'/'Bad photo.'"] = (max_abs_diff(a, b), a, b)
 
+    step('3/4 CLIP-IQA+ with a converted context')
     ctx_file, converted = osp.join(workdir, 'ctx.pth'), osp.join(workdir, 'clipiqa_plus.pth')
     torch.save(ctx, ctx_file)  # pyiqa's redistribution format: a bare tensor
     if convert_main([ctx_file, converted, '--clip-pretrained', weight_file]) != 0:
@@ -147,6 +159,7 @@ def compare(weight_file, images, ctx, workdir, quick_gelu=None):
     results['CLIP-IQA+ (converted context)'] = (max_abs_diff(a, b), a, b)
 
     # pyiqa's clipiqa+_rn50_512 layout: one context per prompt, positional embedding stretched in 1-D.
+    step('4/4 CLIP-IQA+ per-prompt context, 1-D stretched positions')
     per_prompt = torch.stack([ctx, ctx.flip(0)])
     torch.save({'params': {'prompt_learner.ctx': per_prompt}}, ctx_file)
     if convert_main([ctx_file, converted, '--clip-pretrained', weight_file]) != 0:
@@ -174,6 +187,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     images = demo_images(seed=args.seed)
     with tempfile.TemporaryDirectory() as workdir:
+        step('making random RN50 weights' if not args.weights else f'using {args.weights}')
         weights = args.weights or make_openai_rn50_weights(osp.join(workdir, 'RN50-random.pt'), args.seed, images)
         ctx = torch.randn(16, 512, generator=torch.Generator().manual_seed(args.seed)) * 0.02
         results = compare(weights, images, ctx, workdir, args.quick_gelu)

@@ -24,7 +24,8 @@ SPLITS = {'training': 'train', 'validation': 'val', 'test': 'test'}
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--demo', default='datasets/demo', help='demo dataset folder (scripts/make_demo_dataset.py)')
-    parser.add_argument('--image-folder', default='1024x768', help='image subfolder of the demo dataset')
+    parser.add_argument('--image-folder', default='256x192',
+                        help='image subfolder of the demo dataset (default 256x192, its image size)')
     parser.add_argument('--out', default='datasets/demo_sr', help='output folder (default datasets/demo_sr)')
     parser.add_argument('--scale', type=int, default=4, help='downscaling factor (default 4)')
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """Build a tiny RANDOM CLIP for offline demos and tests, its BatchNorm calibrated on some images.
 
-    python scripts/make_tiny_clip.py --images datasets/demo/1024x768 --out datasets/demo/tiny_clip.pt
+    python scripts/make_tiny_clip.py --images datasets/demo/256x192 --out datasets/demo/tiny_clip.pt
 
 The result loads like any weight file (clip_model: options/clip/tiny-rn.json,
 clip_pretrained: datasets/demo/tiny_clip.pt). Its scores mean nothing about real images;
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[1])
     parser.add_argument('--config', default='options/clip/tiny-rn.json', help='open_clip JSON model config')
-    parser.add_argument('--images', default='datasets/demo/1024x768', help='folder of calibration images')
+    parser.add_argument('--images', default='datasets/demo/256x192', help='folder of calibration images')
     parser.add_argument('--max-images', type=int, default=128)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--out', default='datasets/demo/tiny_clip.pt')

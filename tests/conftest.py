@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny random CLIP models saved as real weight files, so every loading path runs offline."""
+"""Shared fixtures: tiny random CLIP models saved as real weight files (every loading path runs offline),
+the demo data and the README's demo training; the ``slow`` marker. Plain helpers: helpers.py."""
+import os
 import os.path as osp
+import shlex
+import subprocess
 import sys
 import warnings
 
@@ -8,19 +12,25 @@ import torch
 
 sys.path.insert(0, osp.dirname(__file__))
 
-import subprocess  # noqa: E402
-
-import uiqa_plugin  # noqa: E402,F401  (installs the basicsr compatibility alias first)
+import uiqa_plugin  # noqa: E402  (installs the basicsr compatibility alias first)
+from helpers import DEMO_TRAINING, REPO, run  # noqa: E402
 from tiny_clip import TINY_RN_CONFIG, TINY_VIT_CONFIG, write_config  # noqa: E402
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER  # noqa: E402
+
+uiqa_plugin.register()  # every test module sees BasicSR's registries filled, as after any lookup
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: runs subprocesses, torchrun or training (quick lane: -m "not slow")')
 
 
 def _build(config_path, seed, quick_gelu=False):
     import open_clip
-    from uiqa_plugin.clip_backbone import _resolve_model_config
+    from uiqa_plugin.clip import resolve_model_config
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        return open_clip.create_model(_resolve_model_config(config_path), pretrained=None,
+        return open_clip.create_model(resolve_model_config(config_path), pretrained=None,
                                       force_quick_gelu=quick_gelu)
 
 
@@ -65,25 +75,41 @@ def tiny_metric_factory(tiny_clip_files):
     return make
 
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: trains for more than a few iterations (deselect with -m "not slow")')
-
-
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     """The demo dataset and the BatchNorm-calibrated tiny CLIP, built by the shipped scripts."""
     root = tmp_path_factory.mktemp('demo')
     data = root / 'demo'
     for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
-                         ('make_tiny_clip.py', ['--images', str(data / '1024x768'), '--out', str(data / 'tiny.pt'),
+                         ('make_tiny_clip.py', ['--images', str(data / DEMO_IMAGE_FOLDER), '--out', str(data / 'tiny.pt'),
                                                 '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
         out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
                              text=True, timeout=600, cwd=REPO)
         assert out.returncode == 0, out.stderr[-3000:]
     return data
+
+
+@pytest.fixture(scope='session')
+def demo_training(demo_data, tmp_path_factory):
+    """(folder, log) of the README's demo training (helpers.DEMO_TRAINING), run once.
+
+    The folder is laid out like the README's: links to scripts/, options/, uiqa_plugin/ and
+    datasets/demo/ holding the demo data and the tiny CLIP as the README names them; the run leaves
+    experiments/ and tb_logger/ there. ``--force_yml val:save_predictions=true`` adds the validation
+    prediction tables, which change no number.
+    """
+    root = tmp_path_factory.mktemp('demo_training')
+    for name in ('scripts', 'options', 'uiqa_plugin'):
+        os.symlink(osp.join(REPO, name), root / name)
+    demo = root / 'datasets' / 'demo'
+    demo.mkdir(parents=True)
+    for name, target in ((DEMO_IMAGE_FOLDER, DEMO_IMAGE_FOLDER), ('koniq10k_distributions_sets.csv',) * 2,
+                         ('tiny_clip.pt', 'tiny.pt')):
+        os.symlink(demo_data / target, demo / name)
+    assert DEMO_TRAINING.startswith('python ')
+    command = shlex.quote(sys.executable) + DEMO_TRAINING[len('python'):]
+    log = run(['bash', '-c', command + ' --force_yml val:save_predictions=true'], root)
+    return root, log
 
 
 @pytest.fixture(scope='session')

@@ -153,3 +153,111 @@ def test_checkpoint_metric_builds_the_checkpoints_views(uiqa_checkpoint):
         calculate_uiqa_checkpoint(bgr, checkpoint=path, device='cpu', output=1)
     with pytest.raises(ValueError, match='give checkpoint'):
         calculate_uiqa_checkpoint(bgr)
+
+
+def test_metric_options_precision_and_ensemble_are_accepted(tiny_metric_factory, clip_opts):
+    from uiqa_plugin.options import validate_options
+    opt = {'name': 'sr', 'model_type': 'SRModel', 'scale': 4,
+           'datasets': {'test': {'name': 't', 'type': 'PairedImageDataset', 'dataroot_gt': 'g', 'dataroot_lq': 'l',
+                                 'io_backend': {'type': 'disk'}}},
+           'network_g': {'type': 'MSRResNet', 'num_feat': 16, 'num_block': 2, 'upscale': 4},
+           'val': {'save_img': False, 'metrics': {'clipiqa': {'type': 'calculate_clipiqa', 'precision': 'bf16',
+                                                              'ensemble': 'mean_logit', 'better': 'higher'}}}}
+    validate_options(opt, is_train=False, check_environment=False)  # README lists precision=: it was refused
+    bgr = rgb_image(seed=5)[..., ::-1].copy()
+    rgb01 = bgr[..., ::-1] / 255.0
+    for precision in ('fp32', 'bf16'):
+        expected = direct_score(tiny_metric_factory(precision=precision), rgb01)
+        assert calculate_clipiqa(bgr, precision=precision, **clip_opts) == pytest.approx(expected, abs=1e-6)
+    expected = direct_score(tiny_metric_factory('sharpness@ensemble', ensemble='mean_logit'), rgb01)
+    assert calculate_clipiqa(bgr, attributes='sharpness@ensemble', ensemble='mean_logit',
+                             **clip_opts) == pytest.approx(expected, abs=1e-6)
+
+
+def test_outputs_below_clips_minimum_side_are_upscaled_as_uiqa_score_does(tiny_metric_factory, clip_opts, tmp_path):
+    from PIL import Image
+
+    import uiqa_plugin
+    from uiqa_plugin.scoring.input_limits import minimum_input_side
+    metric = tiny_metric_factory()
+    side = minimum_input_side(metric.clip)
+    rgb = rgb_image(side + 2, side + 20, seed=6)
+    Image.fromarray(rgb[4:-4, 4:-4]).save(tmp_path / 'cropped.png')  # below the minimum once cropped
+    expected = uiqa_plugin.score_paths(metric, [str(tmp_path / 'cropped.png')], workers=0, progress=False)
+    # failed with torch's "Output size is too small" before
+    value = calculate_clipiqa(rgb[..., ::-1].copy(), crop_border=4, **clip_opts)
+    assert value == pytest.approx(expected.rows[0]['quality'], abs=1e-6)
+
+
+class TowerCalls:
+    """Counts passes of CLIP's image tower (ClipBackbone.encode_image), per tower instance."""
+
+    def __init__(self, monkeypatch):
+        from uiqa_plugin.clip_backbone import ClipBackbone
+        self.calls = []
+        encode = ClipBackbone.encode_image
+
+        def counting(tower, *args, **kwargs):
+            self.calls.append(tower)
+            return encode(tower, *args, **kwargs)
+        monkeypatch.setattr(ClipBackbone, 'encode_image', counting)
+
+
+def uncached(metric, bgr):
+    """The metric's model on the image, through its own forward (no feature cache)."""
+    with torch.no_grad():
+        x = torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1].transpose(2, 0, 1), dtype=np.float32) / 255.0)
+        return float(metric(x[None])[0, 0])
+
+
+def test_clip_entries_of_one_validation_share_one_tower_pass_per_image(tiny_metric_factory, clip_opts,
+                                                                       monkeypatch):
+    from uiqa_plugin.metrics import clipiqa_metric
+    entries = {name: dict(type='calculate_clipiqa', better='higher', attributes=name, **clip_opts)
+               for name in ('quality', 'sharpness', 'noisiness')}
+    images = [rgb_image(40, 56, seed=10 + i)[..., ::-1].copy() for i in range(4)]
+    calculate_metric({'img': rgb_image(40, 40, seed=99)}, entries['quality'])  # builds the model and CLIP's minimum
+    tower = TowerCalls(monkeypatch)
+    values = {name: [calculate_metric({'img': img, 'img2': img}, opt) for img in images]  # BasicSR's loop
+              for name, opt in entries.items()}
+    # in BasicSR's order (every entry of one image, then the next image) as in the other order: one pass per image
+    assert len(tower.calls) == len(images)
+    for img in images:
+        for opt in entries.values():
+            calculate_metric({'img': img}, opt)
+    assert len(tower.calls) == len(images)
+    monkeypatch.undo()
+    for name in entries:  # bit for bit the scores of the uncached forward
+        metric = tiny_metric_factory(name)
+        assert values[name] == [uncached(metric, img) for img in images]
+    assert values['quality'] != values['sharpness']
+    assert len(clipiqa_metric._TOWER_FEATURES) == len(images) + 1  # and the first image
+
+
+def test_tower_features_never_leak_between_towers_or_settings(tiny_clip_files, clip_opts, monkeypatch):
+    from uiqa_plugin.api import create_metric
+    img = rgb_image(48, 64, seed=20)[..., ::-1].copy()
+    other_weights = dict(clip_opts, clip_pretrained=tiny_clip_files['openclip'])  # same weights, other file
+    vit = dict(clip_opts, clip_model=tiny_clip_files['vit_config'], clip_pretrained=tiny_clip_files['vit_weights'])
+    configs = [dict(clip_opts), dict(clip_opts, keep_pos_embed=True), dict(clip_opts, precision='fp32-fused'), vit,
+               dict(clip_opts, quick_gelu=True), other_weights]
+    for options in configs:  # builds and measures each tower first
+        calculate_clipiqa(rgb_image(40, 40, seed=98)[..., ::-1].copy(), **options)
+    tower = TowerCalls(monkeypatch)
+    values = [calculate_clipiqa(img, **options) for options in configs]
+    assert len(tower.calls) == len(configs)  # every tower or setting computes its own features
+    assert values[-1] == values[0]  # the other weight file holds the same weights
+    monkeypatch.undo()
+    for options, value in zip(configs, values):
+        opts = {k: v for k, v in options.items() if k not in ('clip_model', 'clip_pretrained', 'device')}
+        metric = create_metric(clip_model=options['clip_model'], clip_pretrained=options['clip_pretrained'],
+                               device='cpu', **opts)
+        assert value == uncached(metric, img)
+    assert values[1] != values[0] and values[3] != values[0] and values[4] != values[0]
+
+
+def test_tower_cache_is_bounded(clip_opts):
+    from uiqa_plugin.metrics import clipiqa_metric
+    for i in range(clipiqa_metric._TOWER_FEATURES.size + 10):
+        calculate_clipiqa(rgb_image(40, 40, seed=200 + i)[..., ::-1].copy(), **clip_opts)
+    assert len(clipiqa_metric._TOWER_FEATURES) == clipiqa_metric._TOWER_FEATURES.size

@@ -3,14 +3,12 @@ data paths aside; the two that BasicSR itself cannot build are caught; a BasicSR
 uiqa_plugin/train.py with only its data paths, machine and length changed."""
 import glob
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import yaml
 
-from test_sr_recipe import logged
-from test_training import REPO, run, write_yaml
+from helpers import REPO, TRAIN_PY, logged, run, spawn, write_yaml
 from uiqa_plugin.options import OptionError, validate_options
 
 FOLDER = osp.join(REPO, 'tests', 'data', 'basicsr_options')
@@ -83,6 +81,7 @@ def test_a_strict_check_still_applies_to_basicsr_models():
     assert 'val.metrics.srcc.type: calculate_srcc is a dataset-level metric' in text and 'calculate_clipiqa' in text
 
 
+@pytest.mark.slow
 def test_a_basicsr_recipe_trains_through_our_train_py(sr_data, demo_data, tmp_path):
     """BasicSR's train_MSRResNet_x4.yml with the demo SR data, CPU, 2 iterations, and CLIP-IQA added."""
     opt, _ = load(osp.join(FOLDER, 'train_MSRResNet_x4.yml'))
@@ -100,16 +99,13 @@ def test_a_basicsr_recipe_trains_through_our_train_py(sr_data, demo_data, tmp_pa
                                         'clip_model': osp.join(REPO, 'options/clip/tiny-rn.json'),
                                         'clip_pretrained': str(demo_data / 'tiny.pt')}
     # batch 16 from 8 training photos: drop_last would give 0 iterations -> refused, with the numbers
-    out = subprocess.run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'train.py'), '-opt',
-                          write_yaml(tmp_path, opt, 'big_batch.yml')], capture_output=True, text=True, timeout=600,
-                         cwd=str(tmp_path))
+    out = spawn([sys.executable, TRAIN_PY, '-opt', write_yaml(tmp_path, opt, 'big_batch.yml')], tmp_path, timeout=600)
     assert out.returncode != 0 and 'Traceback' not in out.stderr, out.stderr[-3000:]
     assert ("datasets.train.batch_size_per_gpu: 16, but training set 'DIV2K' has 8 samples" in out.stderr
             and 'a batch needs 16 samples' in out.stderr), out.stderr[-3000:]
     train['batch_size_per_gpu'] = 4
     opt['name'] = 'msrresnet_recipe'
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'train.py'), '-opt', write_yaml(tmp_path, opt)],
-              tmp_path)
+    log = run([sys.executable, TRAIN_PY, '-opt', write_yaml(tmp_path, opt)], tmp_path)
     assert 'End of training' in log
     assert len(logged(log, 'psnr')) >= 2 and all(0 < v < 1 for v in logged(log, 'clipiqa'))  # Set5 and Set14 stand-ins
     assert osp.isfile(tmp_path / 'experiments' / 'msrresnet_recipe' / 'models' / 'net_g_2.pth')

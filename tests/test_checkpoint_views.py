@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from test_training import REPO, demo_options, read_predictions, run, train, write_yaml
+from helpers import REPO, TEST_PY, demo_options, read_predictions, run, train, write_yaml
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER
 
 
 @pytest.fixture(scope='module')
@@ -37,6 +38,7 @@ def trained(demo_data, tmp_path_factory):
     return {'cwd': cwd, 'ckpt': str(exp / 'models' / 'net_g_latest.pth'), 'opt': opt, 'predictions': predictions}
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monkeypatch, tmp_path):
     from uiqa_plugin.api import load_trained_model, score_paths, view_pipeline
     monkeypatch.chdir(tmp_path)  # another folder than the training's: CLIP paths are absolute in the checkpoint
@@ -46,17 +48,18 @@ def test_scoring_rebuilds_the_training_views_and_scores(trained, demo_data, monk
     # The average differs from the last weights, and validation used it: the scores below match it.
     assert not torch.equal(ckpt['params']['prompt_learner.ctx'], ckpt['params_ema']['prompt_learner.ctx'])
     model = load_trained_model(trained['ckpt'], device='cpu')
-    path = str(demo_data / '1024x768' / sorted(trained['predictions'])[0])
+    path = str(demo_data / DEMO_IMAGE_FOLDER / sorted(trained['predictions'])[0])
     views = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
     # 256x192 demo images: shorter side 96 -> 128x96; the salient crop and fragments come from it.
     assert tuple(views['image'].shape) == (3, 96, 128)
     assert tuple(views['salient'].shape) == (3, 64, 64) and tuple(views['fragments'].shape) == (3, 32, 32)
     keys = sorted(trained['predictions'])[:6]
-    result = score_paths(model, [str(demo_data / '1024x768' / k) for k in keys], progress=False)
+    result = score_paths(model, [str(demo_data / DEMO_IMAGE_FOLDER / k) for k in keys], progress=False)
     scored = {osp.basename(r['path']): r['score'] for r in result.rows}
     assert np.allclose([scored[k] for k in keys], [trained['predictions'][k] for k in keys], atol=1e-5)
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_missing_clip_file_names_checkpoint_path_and_flag(trained, tmp_path):
     from uiqa_plugin.api import load_trained_model
     ckpt = torch.load(trained['ckpt'], weights_only=True)
@@ -69,16 +72,16 @@ def test_missing_clip_file_names_checkpoint_path_and_flag(trained, tmp_path):
     assert model.views == ['image', 'fragments', 'salient']
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_path):
     with open(osp.join(REPO, 'options', 'demo', 'test_uiqa_demo.yml')) as f:
         opt = yaml.safe_load(f)
     assert 'network_g' not in opt
-    opt['datasets']['test'].update(dataroot=str(demo_data / '1024x768'), split='validation',
+    opt['datasets']['test'].update(dataroot=str(demo_data / DEMO_IMAGE_FOLDER), split='validation',
                                    meta_file=str(demo_data / 'koniq10k_distributions_sets.csv'),
                                    resize={'short_side': 96}, views=trained['opt']['datasets']['val']['views'])
     opt['path']['pretrain_network_g'] = trained['ckpt']
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt, 'test.yml')], tmp_path)
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt, 'test.yml')], tmp_path)
     assert f"network_g from the checkpoint {trained['ckpt']}" in log
     preds = read_predictions(glob.glob(str(tmp_path / 'results' / opt['name'] / '*.csv'))[0])
     assert preds.keys() == trained['predictions'].keys()
@@ -88,18 +91,18 @@ def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_
     opt['network_g'] = dict(trained['opt']['network_g'], attributes='quality', clip_model='tiny-rn.json',
                             clip_pretrained=str(trained['cwd'] / 'tiny.pt'))
     opt['name'] = 'mismatch'
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt, 'test2.yml')], trained['cwd'])
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt, 'test2.yml')], trained['cwd'])
     assert "differs from the one stored in" in log and "['attributes']" in log
     again = read_predictions(glob.glob(str(trained['cwd'] / 'results' / 'mismatch' / '*.csv'))[0])
     assert np.allclose([again[k] for k in preds], [preds[k] for k in preds], atol=1e-6)
 
 
+@pytest.mark.slow  # a training or test.py run in a subprocess
 def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_data, tmp_path):
     folder = tmp_path / 'photos'
     folder.mkdir()
-    for name in sorted(p.name for p in (demo_data / '1024x768').iterdir())[:3]:
-        shutil.copy(demo_data / '1024x768' / name, folder / name)
+    for name in sorted(p.name for p in (demo_data / DEMO_IMAGE_FOLDER).iterdir())[:3]:
+        shutil.copy(demo_data / DEMO_IMAGE_FOLDER / name, folder / name)
     opt = {'name': 'folder', 'model_type': 'IQAModel', 'num_gpu': 0, 'manual_seed': 0,
            'datasets': {'test': {'name': 'photos', 'type': 'ImageFolderDataset', 'dataroot': str(folder),
                                  'views': ['image'], 'batch_size_per_gpu': 1}},
@@ -107,16 +110,16 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
                          'clip_model': osp.join(REPO, 'options/clip/tiny-rn.json'),
                          'clip_pretrained': str(demo_data / 'tiny.pt')},
            'val': {'save_predictions': True}}
-    log = run([sys.executable, osp.join(REPO, 'uiqa_plugin', 'test.py'), '-opt',
-               write_yaml(tmp_path, opt)], tmp_path)
+    log = run([sys.executable, TEST_PY, '-opt', write_yaml(tmp_path, opt)], tmp_path)
     assert 'Validation photos (3 images)' in log and '# srcc' not in log
     with open(glob.glob(str(tmp_path / 'results' / 'folder' / '*.csv'))[0], newline='') as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_0']
+    assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_quality']
     assert not any(column.startswith('target') for column in rows[0])
-    assert all(0 <= float(r['pred_0']) <= 1 for r in rows)
+    assert all(0 <= float(r['pred_quality']) <= 1 for r in rows)
 
 
+@pytest.mark.slow  # the demo data is made by the shipped scripts, in subprocesses
 def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(demo_data):
     from types import SimpleNamespace
 
@@ -125,6 +128,6 @@ def test_view_pipeline_rebuilds_an_explicit_transform_list_reading_from_disk(dem
         {'type': 'LoadImage', 'io_backend': {'type': 'lmdb', 'db_paths': ['train.lmdb']}},
         {'type': 'Resize', 'size': [40, 50]}, {'type': 'Normalize', 'mean': None, 'std': None},
         {'type': 'Collect', 'keys': ['image']}]})
-    path = str(sorted((demo_data / '1024x768').iterdir())[0])
+    path = str(sorted((demo_data / DEMO_IMAGE_FOLDER).iterdir())[0])
     out = view_pipeline(model)({'key': path, 'path': path, 'target': [], 'views': {}})
     assert tuple(out['image'].shape) == (3, 40, 50) and 0 <= float(out['image'].min()) <= float(out['image'].max()) <= 1

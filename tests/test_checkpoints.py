@@ -5,9 +5,9 @@ import csv
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from basicsr.utils.registry import ARCH_REGISTRY
+from helpers import write_random_image
 from uiqa_plugin.api import load_trained_model
 from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, load_clip
 from uiqa_plugin.data.image_io import read_image
@@ -30,9 +30,9 @@ def uiqa_checkpoint(uiqa_checkpoint_factory):
 
 def test_score_with_a_trained_uiqa_checkpoint(uiqa_checkpoint, tiny_clip_files, tmp_path):
     path, net = uiqa_checkpoint
-    rng = np.random.RandomState(0)
+    rng = np.random.default_rng(0)
     for i, size in enumerate([(60, 80), (48, 64)]):
-        Image.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8)).save(tmp_path / f'im{i}.png')
+        write_random_image(tmp_path / f'im{i}.png', (*size, 3), rng)
     out = tmp_path / 'scores.csv'
     assert score_main([str(tmp_path / '*.png'), '--checkpoint', path, '--device', 'cpu', '--no-progress',
                        '--out', str(out)]) == 0

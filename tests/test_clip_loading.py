@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from uiqa_plugin.api import create_metric
-from uiqa_plugin.clip_backbone import ClipLoadError, build_clip_model, load_clip
+from uiqa_plugin.clip import ClipLoadError, build_clip_model, load_clip
 
 
 def scores(config, weights, images):
@@ -70,16 +70,16 @@ def test_missing_file_and_unknown_names():
 
 def test_failed_download_says_how_to_pass_a_local_file(monkeypatch):
     import open_clip
-    from uiqa_plugin import clip_backbone
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, yaml_option_names
+    from uiqa_plugin.clip import pretrained
+    from uiqa_plugin.clip import CLI_OPTION_NAMES, yaml_option_names
 
     def offline(*args, **kwargs):
         if kwargs.get('pretrained'):
             raise OSError('Network is unreachable')
         raise AssertionError('should download')
     monkeypatch.setattr(open_clip, 'create_model', offline)
-    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
-    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: True)
+    monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(pretrained, 'reachable', lambda host, timeout=3.0: True)
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     with pytest.raises(ClipLoadError, match='could not be downloaded') as info:
         build_clip_model('RN50', 'openai')
@@ -92,10 +92,10 @@ def test_offline_fails_at_once_without_touching_the_network(monkeypatch):
     import time
 
     import open_clip
-    from uiqa_plugin import clip_backbone
-    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
+    from uiqa_plugin.clip import pretrained
+    monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)
     monkeypatch.setattr(open_clip, 'create_model', lambda *a, **k: pytest.fail('must not try to download'))
-    monkeypatch.setattr(clip_backbone, '_reachable', lambda *a, **k: pytest.fail('must not probe the network'))
+    monkeypatch.setattr(pretrained, 'reachable', lambda *a, **k: pytest.fail('must not probe the network'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     start = time.monotonic()
     with pytest.raises(ClipLoadError, match='not in the download cache and HF_HUB_OFFLINE is set'):
@@ -103,17 +103,17 @@ def test_offline_fails_at_once_without_touching_the_network(monkeypatch):
     assert time.monotonic() - start < 5
     # Online mode but no route to the host: one quick probe, then the same plain error.
     monkeypatch.delenv('HF_HUB_OFFLINE')
-    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: False)
+    monkeypatch.setattr(pretrained, 'reachable', lambda host, timeout=3.0: False)
     with pytest.raises(ClipLoadError, match='huggingface.co cannot be reached'):
         build_clip_model('RN50', 'openai')
 
 
 def test_a_cached_tag_loads_from_its_file_without_network(monkeypatch, tmp_path):
     import open_clip
-    from uiqa_plugin import clip_backbone
+    from uiqa_plugin.clip import pretrained
     seen = {}
-    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: str(tmp_path / 'cached.bin'))
-    monkeypatch.setattr(clip_backbone, '_reachable', lambda *a, **k: pytest.fail('must not probe the network'))
+    monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: str(tmp_path / 'cached.bin'))
+    monkeypatch.setattr(pretrained, 'reachable', lambda *a, **k: pytest.fail('must not probe the network'))
     monkeypatch.setattr(open_clip, 'create_model', lambda name, **kw: seen.update(kw) or 'model')
     model, info = build_clip_model('RN50', 'openai')
     assert seen['pretrained'] == str(tmp_path / 'cached.bin') and info['source'] == seen['pretrained']
@@ -121,10 +121,10 @@ def test_a_cached_tag_loads_from_its_file_without_network(monkeypatch, tmp_path)
 
 def test_openai_tag_uses_quick_gelu(monkeypatch):
     import open_clip
-    from uiqa_plugin import clip_backbone
+    from uiqa_plugin.clip import pretrained
     seen = {}
-    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
-    monkeypatch.setattr(clip_backbone, '_reachable', lambda host, timeout=3.0: True)
+    monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(pretrained, 'reachable', lambda host, timeout=3.0: True)
     monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
     monkeypatch.setattr(open_clip, 'create_model', lambda name, **kw: seen.update(kw) or 'model')
     build_clip_model('RN50', 'openai')

@@ -17,8 +17,15 @@ def independent_score(metric, images, positive, negative):
     return torch.sigmoid(scale * (cos[:, 0] - cos[:, 1])), softmax
 
 
-def test_registered_in_basicsr():
-    assert 'CLIPIQA' in ARCH_REGISTRY
+def test_basicsr_builds_it_by_name(tiny_clip_files, tiny_metric_factory):
+    from basicsr.archs import build_network
+    from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
+    assert ARCH_REGISTRY.get('CLIPIQA') is CLIPIQA
+    net = build_network({'type': 'CLIPIQA', 'attributes': 'quality', 'clip_model': tiny_clip_files['config'],
+                         'clip_pretrained': tiny_clip_files['openai']})
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(net.eval()(images), tiny_metric_factory('quality')(images))
 
 
 def test_score_equals_sigmoid_of_scaled_cosine_difference(tiny_metric_factory):

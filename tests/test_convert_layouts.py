@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uiqa_plugin.api import load_trained_model
-from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip, stretch_embedding_1d
+from uiqa_plugin.clip import check_pos_embed_mode, load_clip, stretch_embedding_1d
 from uiqa_plugin.tools.convert import convert_clipiqa_plus, main as convert_main
 
 
@@ -47,7 +47,7 @@ def test_stretch_1d_is_cubic_resampling_of_the_flat_list_class_slot_included():
 
 @pytest.mark.parametrize('clip_name', ['rn', 'vit'])
 def test_stretch_1d_encoding_adds_the_stretched_embedding(tiny_clip_files, clip_name, monkeypatch):
-    from uiqa_plugin import clip_backbone
+    from uiqa_plugin.clip import model as clip_model
     config, weights = ((tiny_clip_files['config'], tiny_clip_files['openai']) if clip_name == 'rn' else
                        (tiny_clip_files['vit_config'], tiny_clip_files['vit_weights']))
     clip = load_clip(config, weights)
@@ -60,7 +60,7 @@ def test_stretch_1d_encoding_adds_the_stretched_embedding(tiny_clip_files, clip_
         two_d = clip.encode_image(x, keep_pos_embed=True, normalize_features=False)
         # The same forward with a resize that adds the independently stretched list as it is.
         stretched = torch.from_numpy(cubic_resize_1d(pos.detach().double().numpy(), tokens)).float()
-        monkeypatch.setattr(clip_backbone, 'resize_positional_embedding', lambda p, hw, mode=True: stretched)
+        monkeypatch.setattr(clip_model, 'resize_positional_embedding', lambda p, hw, mode=True: stretched)
         expected = clip.encode_image(x, keep_pos_embed=True, normalize_features=False)
     assert torch.allclose(got, expected, atol=1e-5)
     assert not torch.allclose(got, two_d, atol=1e-4)

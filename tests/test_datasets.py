@@ -84,10 +84,15 @@ def write_xlsx(path, rows):
 # --- formats ------------------------------------------------------------------------------------
 
 
-def test_all_dataset_types_are_registered():
-    for name in ('KonIQ10kDataset', 'SPAQDataset', 'LIVEItWDataset', 'AVADataset', 'CSVIQADataset',
-                 'ImageFolderDataset'):
-        assert name in DATASET_REGISTRY
+def test_basicsr_finds_our_dataset_classes_by_name():
+    from uiqa_plugin.data.ava_dataset import AVADataset
+    from uiqa_plugin.data.csv_iqa_dataset import CSVIQADataset
+    from uiqa_plugin.data.image_folder_dataset import ImageFolderDataset
+    from uiqa_plugin.data.koniq10k_dataset import KonIQ10kDataset
+    from uiqa_plugin.data.live_itw_dataset import LIVEItWDataset
+    from uiqa_plugin.data.spaq_dataset import SPAQDataset
+    for cls in (KonIQ10kDataset, SPAQDataset, LIVEItWDataset, AVADataset, CSVIQADataset, ImageFolderDataset):
+        assert DATASET_REGISTRY.get(cls.__name__) is cls
 
 
 def test_koniq_reads_split_targets_and_views(tmp_path):

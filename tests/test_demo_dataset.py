@@ -8,7 +8,8 @@ import pytest
 
 import uiqa_plugin  # noqa: F401  (before basicsr)
 from basicsr.data import build_dataset
-from uiqa_plugin.data.demo import DEFAULT_SOURCES, DISTORTIONS, make_demo_dataset, votes_for
+from uiqa_plugin.data.demo import (DEFAULT_SOURCES, DEMO_IMAGE_FOLDER, DEMO_SIZE, DISTORTIONS, make_demo_dataset,
+                                   votes_for)
 from uiqa_plugin.data.image_io import read_image
 
 SOURCES = ('astronaut', 'coffee', 'chelsea', 'camera', 'coins', 'clock')
@@ -35,7 +36,7 @@ def test_koniq_format_and_counts(demo):
     out, info, rows = demo
     assert list(rows[0]) == ['image_name', 'c1', 'c2', 'c3', 'c4', 'c5', 'c_total', 'MOS', 'SD', 'set']
     assert info['num_images'] == len(rows) == len(SOURCES) * (1 + 3 * len(DISTORTIONS))
-    assert info['image_dir'] == os.path.join(str(out), '1024x768')
+    assert info['image_dir'] == os.path.join(str(out), '64x48')  # named for the size of the images it holds
     for row in rows:
         counts = [int(row[f'c{i}']) for i in range(1, 6)]
         assert sum(counts) == int(row['c_total']) and 0 <= float(row['MOS']) <= 100
@@ -66,7 +67,7 @@ def test_mos_decreases_with_level(demo):
 
 def test_files_readable_and_distortions_visible(demo):
     out, _, rows = demo
-    images = {parse(r['image_name']): read_image(os.path.join(str(out), '1024x768', r['image_name'])) for r in rows}
+    images = {parse(r['image_name']): read_image(os.path.join(str(out), '64x48', r['image_name'])) for r in rows}
     assert all(img.shape == (48, 64, 3) for img in images.values())
     ref = images[('astronaut', 'ref', 0)]
 
@@ -83,7 +84,7 @@ def test_files_readable_and_distortions_visible(demo):
 def test_dataset_class_reads_every_split(demo):
     out, _, rows = demo
     for phase, split in (('train', 'training'), ('val', 'validation'), ('test', 'test')):
-        ds = build_dataset({'name': 'demo', 'type': 'KonIQ10kDataset', 'dataroot': os.path.join(str(out), '1024x768'),
+        ds = build_dataset({'name': 'demo', 'type': 'KonIQ10kDataset', 'dataroot': os.path.join(str(out), '64x48'),
                             'phase': phase, 'views': ['image', 'fragments', 'salient']})
         assert len(ds) == sum(r['set'] == split for r in rows)
         item = ds[0]
@@ -109,3 +110,14 @@ def test_defaults_and_votes():
     assert mean_vote == pytest.approx(1 + 4 * 0.9, abs=0.15) and 0.3 < sd < 1.0
     with pytest.raises(ValueError, match='must add up to the 3 sources'):
         make_demo_dataset('/nonexistent', sources=('astronaut', 'coffee', 'camera'), split_counts=(2, 1, 1))
+
+
+def test_default_image_folder_is_named_for_the_image_size(tmp_path):
+    """The default demo's folder says what it holds (256x192 images), not KonIQ's 1024x768."""
+    assert DEMO_SIZE == (256, 192) and DEMO_IMAGE_FOLDER == '256x192'
+    info = make_demo_dataset(str(tmp_path), sources=SOURCES[:3], distortions=('blur',), levels=1, progress=False)
+    assert info['image_dir'] == os.path.join(str(tmp_path), '256x192')
+    assert read_image(os.path.join(info['image_dir'], 'coffee_ref.jpg')).shape == (192, 256, 3)
+    named = make_demo_dataset(str(tmp_path / 'named'), size=(64, 48), sources=SOURCES[:3], distortions=('blur',),
+                              levels=1, image_folder='images', progress=False)
+    assert named['image_dir'] == os.path.join(str(tmp_path / 'named'), 'images')

@@ -2,13 +2,15 @@
 that rank's error (no hang), an option error under torchrun is one message, a second live run
 of the same experiment is refused, an unwritable models folder is named."""
 import os
-import os.path as osp
 import subprocess
 import sys
 import time
 
-from test_resume import run_train
-from test_training import REPO, demo_options, write_yaml
+import pytest
+
+from helpers import REPO, TRAIN_PY, demo_options, run_train, spawn, write_yaml
+
+pytestmark = pytest.mark.slow  # torchrun and training subprocesses
 
 TORCHRUN = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
 
@@ -40,10 +42,8 @@ def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path
 def test_option_error_under_torchrun_is_one_message(demo_data, tmp_path):
     opt = small_options(demo_data, 'dist_bad')
     opt['train']['totl_iter'] = 5
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    out = subprocess.run([sys.executable, *TORCHRUN, '--master_port=29533', osp.join(REPO, 'uiqa_plugin', 'train.py'),
-                          '-opt', write_yaml(tmp_path, opt)], capture_output=True, text=True, timeout=240,
-                         cwd=str(tmp_path), env=env)
+    out = spawn([sys.executable, *TORCHRUN, '--master_port=29533', TRAIN_PY, '-opt', write_yaml(tmp_path, opt)],
+                tmp_path, timeout=240)
     assert out.returncode != 0
     message = "train.totl_iter: unknown key (did you mean 'total_iter'?)"
     # Printed once by rank 0 before torchrun's summary, which shows it for each rank instead of

@@ -8,6 +8,7 @@ from PIL import Image
 from scipy import stats
 
 import uiqa_plugin
+from helpers import write_image
 from tiny_clip import TINY_RN_CONFIG, write_config
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
 from uiqa_plugin.perception.agreement import agreement_table, differing_pairs, evaluate_ratings, plot_agreement
@@ -151,13 +152,14 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     rng = np.random.default_rng(5)
     lines = [STUDY_HEADER]
     for i in range(1, 9):
-        Image.fromarray((rng.random((32, 40, 3)) * 255 * i / 8).astype(np.uint8)).save(folder / f'{i:03d}.png')
+        write_image(folder / f'{i:03d}.png', (rng.random((32, 40, 3)) * 255 * i / 8).astype(np.uint8))
         lines.append(f'{i},' + ','.join(f'{v:.1f}' for v in rng.integers(0, 11, 6) / 10) + '\n')
     ratings = read_ratings(_write(tmp_path / 'study.csv', ''.join(lines)), column_map={'aesthetics': 'aesthetic'})
     metric = uiqa_plugin.create_metric('natural,happy,aesthetic,new,complex,scary,happy@ensemble',
                                        clip_model=write_config(tmp_path, 'tiny_eval', TINY_RN_CONFIG),
                                        clip_pretrained=None, device='cpu')
-    rows, scores = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    rows, scores, skipped = evaluate_ratings(metric, ratings, str(folder), n_boot=100, progress=False)
+    assert skipped == []
     assert [r['attribute'] for r in rows] == metric.attribute_names
     assert rows[-1]['column'] == 'happy' and rows[2]['column'] == 'aesthetics'
     with torch.no_grad():
@@ -170,3 +172,13 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
     partial = read_ratings(_write(tmp_path / 'more.csv', 'image,cosiness\n1,0.5\n2,0.1\n'))
     with pytest.raises(KeyError, match='cosiness'):
         evaluate_ratings(metric, partial, str(folder), progress=False)
+
+
+def test_agreement_chart_caption_and_plain_text_names(tmp_path):
+    rows = [{'attribute': 'cost $\\nope$', 'plcc': 0.5, 'srcc': 0.4, 'krcc': 0.3, '2afc': 0.6},
+            {'attribute': 'happy', 'plcc': 0.1, 'srcc': 0.2, 'krcc': 0.1, '2afc': 0.55}]
+    path = tmp_path / 'agree.svg'
+    figure = plot_agreement(rows, str(path), title='Agreement with $\\nope$.csv', caption='RANDOM WEIGHTS')
+    assert path.stat().st_size > 0
+    assert [t.get_text() for t in figure.texts][-1] == 'RANDOM WEIGHTS'
+    assert 'RANDOM WEIGHTS' in path.read_text()

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from basicsr.utils.registry import ARCH_REGISTRY
-from uiqa_plugin import clip_backbone
+from helpers import write_random_image
+from uiqa_plugin.clip import factory, pretrained
 from uiqa_plugin.api import create_metric, load_trained_model
-from uiqa_plugin.clip_backbone import clear_shared_clip, load_clip, resolve_quick_gelu
+from uiqa_plugin.clip import clear_shared_clip, load_clip, resolve_quick_gelu
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def rn50_like_files(tmp_path_factory):
     torch.manual_seed(5)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model = open_clip.create_model(clip_backbone._resolve_model_config(config), pretrained=None,
+        model = open_clip.create_model(factory.resolve_model_config(config), pretrained=None,
                                        force_quick_gelu=True)
         torch.jit.script(model).save(str(folder / 'scripted.pt'))
     state = model.state_dict()
@@ -51,8 +52,8 @@ def rn50_like_files(tmp_path_factory):
 
 @pytest.fixture
 def rn50_like(monkeypatch, rn50_like_files, fresh_clip_table):
-    original = clip_backbone._tag_activations
-    monkeypatch.setattr(clip_backbone, '_tag_activations', lambda name: (
+    original = pretrained.tag_activations
+    monkeypatch.setattr(pretrained, 'tag_activations', lambda name: (
         {'openai': True, 'yfcc15m': True, 'cc12m': True} if name.startswith('rn50_like') else original(name)))
     return rn50_like_files
 
@@ -123,10 +124,9 @@ def test_the_choice_and_the_source_are_logged_without_open_clips_random_init_war
 
 def test_cli_quick_gelu_flags(rn50_like, tmp_path, capsys):
     import numpy as np
-    from PIL import Image
 
     from uiqa_plugin.tools.score import main as score_main
-    Image.fromarray(np.random.RandomState(0).randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(tmp_path / 'a.png')
+    write_random_image(tmp_path / 'a.png', (48, 64, 3), np.random.default_rng(0))
     rows = {}
     for flag in ('--quick-gelu', '--no-quick-gelu'):
         out = tmp_path / f'{flag}.csv'
@@ -226,13 +226,13 @@ def test_fixed_prompts_train_with_a_fine_tuned_text_tower(tiny_clip_files, fresh
 
 def test_concurrent_first_loads_build_one_clip(tiny_clip_files, fresh_clip_table, monkeypatch):
     built = []
-    real = clip_backbone.build_clip_model
+    real = factory.build_clip_model
 
     def slow_build(*args, **kwargs):
         built.append(threading.get_ident())
         time.sleep(0.2)  # widen the check-then-set window
         return real(*args, **kwargs)
-    monkeypatch.setattr(clip_backbone, 'build_clip_model', slow_build)
+    monkeypatch.setattr(factory, 'build_clip_model', slow_build)
     results = []
 
     def worker():
@@ -261,7 +261,7 @@ def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatc
     from uiqa_plugin import runner
     opt = {'network_g': {'type': 'CLIPIQAPlus', 'clip_model': 'RN50', 'clip_pretrained': 'openai'}}
     monkeypatch.setattr(runner, 'check_options', lambda argv, is_train=True: opt)
-    monkeypatch.setattr(clip_backbone, 'cached_pretrained_file', lambda *a, **k: None)
+    monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)
     monkeypatch.setattr(runner, 'train_pipeline', lambda root: pytest.fail('must stop before training'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     with pytest.raises(SystemExit) as exit_info:

@@ -7,13 +7,14 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from helpers import random_pixels, write_random_image
 from uiqa_plugin.api import collect_image_paths, score_paths
+from uiqa_plugin.scoring.table import decode_path
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,10 +27,10 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp('hostile')
     folder = root / 'corpus'
     (folder / 'sub').mkdir(parents=True)
-    rng = np.random.RandomState(5)
+    rng = np.random.default_rng(5)
 
     def rgb(h, w):
-        return Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8))
+        return Image.fromarray(random_pixels(rng, (h, w, 3)))
 
     rgb(48, 64).save(folder / 'good.png')
     rgb(40, 52).save(folder / 'sub' / 'good.jpg', quality=90)
@@ -39,9 +40,9 @@ def corpus(tmp_path_factory):
     (folder / 'empty.png').write_bytes(b'')
     rgb(44, 60).save(folder / 'png_named.jpg', 'PNG')  # wrong extension, good content
     (folder / 'text_named.png').write_text('this is not an image')
-    Image.fromarray(rng.randint(0, 256, (40, 48, 4), dtype=np.uint8), 'CMYK').save(folder / 'cmyk.jpg')
-    cv2.imwrite(str(folder / 'deep16.png'), rng.randint(0, 65536, (36, 50, 3)).astype(np.uint16))
-    frames = [Image.fromarray(rng.randint(0, 256, (32, 40), dtype=np.uint8), 'L').convert('P') for _ in range(3)]
+    write_random_image(folder / 'cmyk.jpg', (40, 48, 4), rng, mode='CMYK')
+    write_random_image(folder / 'deep16.png', (36, 50, 3), rng, bits=16)
+    frames = [Image.fromarray(random_pixels(rng, (32, 40))).convert('P') for _ in range(3)]
     frames[0].save(folder / 'animated.gif', save_all=True, append_images=frames[1:], duration=50, loop=0)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
@@ -73,6 +74,7 @@ def test_symlink_cycles_do_not_hang_and_give_each_file_once(corpus):
                                                                  'sub/good.jpg', 'truncated.jpg']
 
 
+@pytest.mark.slow  # uiqa-score in a subprocess
 def test_the_command_scores_every_good_file_and_names_every_bad_one(corpus, tiny_clip_files, tmp_path):
     folder, good, bad = corpus
     out = tmp_path / 'scores.csv'
@@ -88,9 +90,9 @@ def test_the_command_scores_every_good_file_and_names_every_bad_one(corpus, tiny
         lines = [line for line in err.splitlines() if f'{os.sep}{name}' in line]
         assert lines and reason in lines[0], (name, err)
     assert f'{len(bad)} input(s) not scored, {len(good)} scored' in err
-    with open(out, encoding='utf-8', errors='surrogateescape', newline='') as f:
-        rows = list(csv.DictReader(f))
-    assert sorted(os.path.relpath(r['path'], folder) for r in rows) == sorted(good)
+    with open(out, encoding='utf-8', newline='') as f:  # valid UTF-8 whatever the file names
+        rows = [{**r, 'path': decode_path(r['path'])} for r in csv.DictReader(f)]
+    assert sorted(os.path.relpath(r['path'], folder) for r in rows) == sorted(good)  # exact names, recovered
     assert all(0.0 <= float(r['quality']) <= 1.0 for r in rows)
 
     metric_rows = {os.path.relpath(r['path'], folder): float(r['quality']) for r in rows}

@@ -7,23 +7,14 @@ images (unseen contents) almost exactly; the checks fail when targets are misali
 (measured once with ``--shuffle-seed 0``: held-out SRCC -0.089 instead of 0.996), when a view never
 reaches the head, or when distributed training shards or gathers wrongly.
 """
-import importlib.util
 import os.path as osp
 import sys
 
 import pytest
 
-from test_training import REPO, last_metric, run, train, write_yaml
+from helpers import REPO, last_metric, load_script, run, train, write_yaml
 
-
-def _load_script(name):
-    module_spec = importlib.util.spec_from_file_location(name, osp.join(REPO, 'scripts', f'{name}.py'))
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-learnable_targets = _load_script('learnable_targets')
+learnable_targets = load_script('learnable_targets')
 
 THRESHOLD = 0.95  # held-out SRCC of a model that has the needed view
 
@@ -90,7 +81,7 @@ def test_fragment_target_is_learned_only_with_the_fragment_view(demo_data, targe
 def test_ablation_plans_every_configuration_with_valid_options():
     """Every planned run passes the option validation train.py applies; a seed covers all configurations."""
     from uiqa_plugin.options import validate_options
-    ablation = _load_script('ablation')
+    ablation = load_script('ablation')
     data = {'clip': 'tiny.pt', 'ladder_images': 'ladder', 'ladder_csv': 'ladder.csv', 'demo_images': 'demo',
             'target_csv': 'targets.csv'}
     runs = ablation.planned_runs(['views', 'losses'], [0, 1], {'views': 5, 'losses': 5}, data)
@@ -111,7 +102,7 @@ def test_ablation_plans_every_configuration_with_valid_options():
 
 
 def test_ladder_strength_is_the_distortion_level(tmp_path):
-    ablation = _load_script('ablation')
+    ablation = load_script('ablation')
     meta = tmp_path / 'meta.csv'
     meta.write_text('image_name,MOS,set\n'
                     'a_ref.jpg,90,training\na_blur1.jpg,70,training\na_blur4.jpg,20,training\n'

@@ -24,8 +24,8 @@ def fidelity(p, q):
 
 
 def test_registered_under_their_names():
-    for name in ('PLCCLoss', 'FidelityRankLoss', 'MarginRankLoss'):
-        assert name in LOSS_REGISTRY
+    for cls in (PLCCLoss, FidelityRankLoss, MarginRankLoss):
+        assert LOSS_REGISTRY.get(cls.__name__) is cls
     loss = build_loss({'type': 'FidelityRankLoss', 'loss_weight': 0.1, 'temperature': 0.05})
     assert isinstance(loss, FidelityRankLoss) and loss.temperature == 0.05 and loss.loss_weight == 0.1
 

@@ -156,7 +156,7 @@ def test_accepts_column_vectors_tensors_and_extra_options():
 def test_registered_and_callable_through_basicsr():
     for name in ('calculate_srcc', 'calculate_krcc', 'calculate_plcc', 'calculate_plcc_logistic', 'calculate_rmse',
                  'calculate_mae', 'calculate_rmse_logistic', 'calculate_mae_logistic', 'calculate_2afc_accuracy'):
-        assert name in METRIC_REGISTRY
+        assert METRIC_REGISTRY.get(name) is getattr(M, name)
     value = calculate_metric({'pred': PRED, 'target': TARGET}, {'type': 'calculate_srcc', 'better': 'higher'})
     assert value == pytest.approx(7.25 / 9.5)
 

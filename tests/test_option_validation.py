@@ -179,3 +179,103 @@ def test_a_batch_larger_than_the_training_set():
     with pytest.raises(OptionError, match=r"batch_size_per_gpu: 8, but training set 'tr' has 10 samples "
                                           r"\(x1 dataset_enlarge_ratio over 2 processes: 5 per process\)"):
         check_train_batches(Data(), {'name': 'tr', 'batch_size_per_gpu': 8}, world_size=2)
+
+
+def test_checking_a_file_runs_none_of_its_imports_unless_asked(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from uiqa_plugin.options import main
+    (tmp_path / 'toolbox_side_effect.py').write_text(
+        'import pathlib\npathlib.Path(__file__).with_name("ran").write_text("1")\n')
+    opt = copy.deepcopy(GOOD)
+    opt['imports'] = [str(tmp_path / 'toolbox_side_effect.py')]
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    monkeypatch.chdir(tmp_path)
+    assert main(['--portable', str(tmp_path / 'opt.yml')]) == 1
+    out = capsys.readouterr().out
+    assert not (tmp_path / 'ran').exists()
+    assert f'imports: {tmp_path / "toolbox_side_effect.py"} not imported: checking a file runs none of its code; ' \
+           f'pass --import {tmp_path / "toolbox_side_effect.py"} to allow it' in out
+    assert main(['--portable', '--import', str(tmp_path / 'toolbox_side_effect.py'), str(tmp_path / 'opt.yml')]) == 0
+    assert (tmp_path / 'ran').exists() and 'ok ' in capsys.readouterr().out
+
+
+def test_options_help_says_imports_run_only_with_import(capsys):
+    from uiqa_plugin.options import main
+    with pytest.raises(SystemExit):
+        main(['--help'])
+    text = ' '.join(capsys.readouterr().out.split())
+    assert 'are NOT imported (importing runs their code): name each with --import' in text
+
+
+@pytest.mark.parametrize('changes, expected', [
+    ({'network_g.aggregation': 'maen'}, "network_g.aggregation: 'maen' is not one of 'mean', 'concat', 'learned', "
+                                        "'attention' (did you mean 'mean'?)"),
+    ({'network_g.prompt': 'learnd'}, "network_g.prompt: 'learnd' is not one of 'learned', 'fixed' "
+                                     "(did you mean 'learned'?)"),
+    ({'network_g.prompt_opt': {'class_token_position': 'midle'}},
+     "network_g.prompt_opt.class_token_position: 'midle' is not one of 'front', 'middle', 'end' "
+     "(did you mean 'middle'?)"),
+    ({'network_g.prompt_opt': {'n_ctxx': 4}}, "network_g.prompt_opt.n_ctxx: unknown option (did you mean 'n_ctx'?)"),
+    ({'network_g.prompt_opt': {'n_ctx': 0}}, 'network_g.prompt_opt.n_ctx: 0 is out of range'),
+    ({'network_g.views': ['fragment']}, "network_g.views: 'fragment' is not one of 'image', 'fragments', 'salient' "
+                                        "(did you mean 'fragments'?)"),
+    ({'network_g.attributes': 'sharpnes'}, "network_g.attributes: unknown attribute 'sharpnes'. Did you mean "
+                                           "sharpness"),
+    ({'network_g.attributes': 'Vivid photo.|'}, "network_g.attributes: custom attribute 'Vivid photo.|' must be"),
+    ({'network_g.finetune_clip': ['visual.layer5']}, "network_g.finetune_clip: CLIP RN50 has no part "
+                                                     "'visual.layer5' (did you mean 'visual.layer4'?)"),
+    ({'network_g.precision': 'fp8'}, "network_g.precision: 'fp8' is not one of"),
+    ({'datasets.train.views': {'salient': {'size': -128}}},
+     'datasets.train.views.salient.size: -128 is out of range: expected a whole number >= 1 and <= 4096'),
+    ({'datasets.train.views': {'fragments': {'grid': 2000}}},
+     'datasets.train.views.fragments.grid: 2000 is out of range'),
+    ({'datasets.train.views': {'fragments': {'gird': 4}}}, "datasets.train.views.fragments.gird: Fragment has no "
+                                                           "option 'gird' (did you mean 'grid'?)"),
+    ({'datasets.train.resize': {'short_side': 60000}}, 'datasets.train.resize.short_side: 60000 is out of range'),
+])
+def test_each_network_and_view_value_is_checked(changes, expected):
+    found = problems(changes)
+    assert any(p.startswith(expected) for p in found), found
+    assert len(found) == 1, found
+
+
+@pytest.mark.slow
+def test_values_are_checked_before_basicsr_touches_the_experiment_folder(tmp_path):
+    """A typo used to pass validation; training then renamed the last run to *_archived_* and crashed."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+    opt = copy.deepcopy(GOOD)
+    opt['network_g'] = {'type': 'CLIPUIQA', 'aggregation': 'maen'}
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump(opt))
+    best = tmp_path / 'experiments' / 'x' / 'models' / 'net_g_best.pth'
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b'the last good run')
+    train = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'uiqa_plugin', 'train.py')
+    run = subprocess.run([sys.executable, train, '-opt', str(tmp_path / 'opt.yml')],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode != 0 and "network_g.aggregation: 'maen' is not one of" in run.stderr + run.stdout
+    assert 'Traceback' not in run.stderr
+    assert sorted(os.listdir(tmp_path / 'experiments')) == ['x'] and best.read_bytes() == b'the last good run'
+
+
+
+def test_double_normalization_check_follows_kwargs_of_a_user_subclass():
+    """A user arch that forwards **kwargs to CLIPIQA takes [0, 1] images as CLIPIQA does: over a normalizing
+    dataset it would normalize twice (the check read only the subclass's own signature and let it pass)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
+    if 'ForwardingCLIPIQA' not in ARCH_REGISTRY:
+        @ARCH_REGISTRY.register()
+        class ForwardingCLIPIQA(CLIPIQA):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+    found = problems({'network_g': {'type': 'ForwardingCLIPIQA'}}, is_train=False, removals=['train'])
+    assert len(found) == 2 and all('ForwardingCLIPIQA takes RGB in [0, 1]' in p and 'normalized twice' in p
+                                   for p in found)
+    assert problems({'network_g': {'type': 'ForwardingCLIPIQA', 'input_normalized': True}}, is_train=False,
+                    removals=['train']) == []

@@ -8,10 +8,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from scipy import stats
 
 import uiqa_plugin
+from helpers import write_image
 from tiny_clip import TINY_RN_CONFIG, write_config
 from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
@@ -31,7 +31,7 @@ def setup(tmp_path_factory):
     rng = np.random.default_rng(2)
     for i in range(1, N_IMAGES + 1):
         arr = (rng.random((36, 44, 3)) * 255 * (0.2 + 0.15 * i)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(folder / f'{i:02d}.png')
+        write_image(folder / f'{i:02d}.png', arr)
     config = write_config(root, 'tiny_cli', TINY_RN_CONFIG)
     return root, folder, config
 
@@ -162,7 +162,7 @@ def test_evaluate_command(setup, tmp_path, capsys):
 
 @pytest.mark.parametrize('content, args, message', [
     ('image number,happy\n1,0.1\n2,x\n', [], "row 2 (line 3), column 'happy': 'x' is not a number"),
-    ('image number,happy\n1,0.1\n9,0.3\n', [], "rated image(s) not found"),
+    ('image number,happy\n1,0.1\n9,0.3\n', ['--strict'], "rated image(s) not found"),
     ('image number,aesthetics\n1,0.1\n2,0.3\n', [], "column 'aesthetics' is not an attribute"),
     ('image number,happy\n1,0.1\n2,0.3\n', ['--map', 'joy=happy'], "no column 'joy'"),
     ('image number,happy\n1,0.1\n2,0.3\n', ['--image-column', 'file'], "no column 'file'"),
@@ -226,7 +226,7 @@ def test_radar_matches_paper_and_ensemble_tables(setup, tmp_path, capsys):
 
 
 def test_match_columns_by_attribute():
-    from uiqa_plugin.tools.profile import match_columns
+    from uiqa_plugin.perception.profile import match_columns
     assert match_columns([['happy', 'scary', 'new'], ['scary@ensemble', 'happy@ensemble', 'warm']]) == (
         ['happy', 'scary'], [['happy', 'scary'], ['happy@ensemble', 'scary@ensemble']])
     # an exact match wins; only the @ensemble suffix is dropped
@@ -303,3 +303,83 @@ def test_report_warns_about_random_weights(setup, tmp_path):
     assert main(['report', str(folder), '-a', 'happy', '--out', str(page)] + _clip(config)) == 0
     text = page.read_text()
     assert '[MEANINGLESS SCORES]' in text and 'random weights' in text
+
+
+def test_evaluate_skips_and_names_a_missing_image_and_reuses_a_scores_table(setup, tmp_path, capsys):
+    root, folder, config = setup
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n77,0.9\n4,0.7\n')
+    out = tmp_path / 'agree.csv'
+    scores = tmp_path / 'scores.csv'
+    code = main(['evaluate', str(ratings), str(folder), '--n-boot', '0', '--out', str(out),
+                 '--scores-out', str(scores)] + _clip(config))
+    err = capsys.readouterr().err
+    assert code == 1 and "skipped row 4 (line 5) '77': image not found" in err
+    paths, images = _images(folder)
+    happy = _direct(config, 'happy', images[:4])[:, 0]
+    rows = list(csv.DictReader(open(out)))
+    assert rows[0]['n'] == '4'
+    assert float(rows[0]['srcc']) == pytest.approx(stats.spearmanr(happy, [0.1, 0.5, 0.2, 0.7]).statistic, abs=1e-6)
+    assert rows[0]['random_weights'] == '1'
+    # the same agreement from the table, without a model (no CLIP options at all)
+    again = tmp_path / 'again.csv'
+    assert main(['evaluate', str(ratings), str(folder), '--n-boot', '0', '--scores', str(scores), '--out', str(again),
+                 '--no-progress']) == 1
+    err = capsys.readouterr().err
+    assert 'random weights (the table says so)' in err and 'skipped row 4' in err
+    assert list(csv.DictReader(open(again)))[0]['srcc'] == rows[0]['srcc']
+
+
+def test_random_weights_travel_with_every_written_output(setup, tmp_path, capsys):
+    root, folder, config = setup
+    table = tmp_path / 'new' / 'feel.json'
+    assert main(['profile', str(folder), '-a', 'happy', '--out', str(table)] + _clip(config)) == 0
+    err = capsys.readouterr().err
+    assert f'creating folder {tmp_path / "new"} for feel.json' in err  # said, not silent
+    assert 'note: CLIP has random weights (--clip-pretrained none): these scores are meaningless.' in err
+    assert 'UserWarning' not in err and 'warnings.warn' not in err
+    assert all(row['random_weights'] in ('1', 1) for row in json.loads(table.read_text()))
+    phr, summary, wide = tmp_path / 'phr.csv', tmp_path / 'sum.csv', tmp_path / 'wide.csv'
+    assert main(['sensitivity', str(folder), '-a', 'happy', '--out', str(phr), '--summary-out', str(summary),
+                 '--scores-out', str(wide)] + _clip(config)) == 0
+    for path in (phr, summary, wide):
+        assert all(row['random_weights'] in ('1', 1) for row in csv.DictReader(open(path))), path
+    report = tmp_path / 'report.html'
+    assert main(['report', '--table', str(table), '--out', str(report), '--no-progress']) == 0
+    assert '[MEANINGLESS SCORES]' in report.read_text()
+
+
+def test_radar_svgs_carry_the_random_weights_caption(setup, tmp_path):
+    root, folder, config = setup
+    charts = tmp_path / 'charts'
+    assert main(['radar', str(folder / '01.png'), '-a', 'happy,scary,new', '--out-dir', str(charts),
+                 '--format', 'svg'] + _clip(config)) == 0
+    assert 'RANDOM WEIGHTS' in (charts / '01.svg').read_text()
+
+
+def test_a_dollar_in_a_name_is_drawn_as_text(setup, tmp_path):
+    root, folder, config = setup
+    odd = tmp_path / 'odd'
+    odd.mkdir()
+    # '$...$' with an unknown command is a math parse error to matplotlib: it used to stop every chart
+    (odd / 'price $5 $\\nope$.png').write_bytes((folder / '01.png').read_bytes())
+    charts, report = tmp_path / 'charts', tmp_path / 'r.html'
+    assert main(['radar', str(odd), '-a', '"Costs $\\nope$.|Costs $2."', '--out-dir', str(charts), '--format', 'svg']
+                + _clip(config)) == 0
+    assert main(['report', str(odd), '-a', 'happy', '--out', str(report)] + _clip(config)) == 0
+    assert 'price $5 $\\nope$' in report.read_text()
+    assert (charts / 'price $5 $\\nope$.svg').stat().st_size > 0
+
+
+def test_a_large_embedded_report_suggests_linking_images(setup, tmp_path, capsys, monkeypatch):
+    import uiqa_plugin.tools.profile as profile_tool
+    root, folder, config = setup
+    monkeypatch.setattr(profile_tool, 'LARGE_REPORT_BYTES', 1000)  # a real one: 5 MB, ~60 images at 80 KB
+    out = tmp_path / 'r.html'
+    assert main(['report', str(folder), '-a', 'happy', '--out', str(out)] + _clip(config)) == 0
+    err = capsys.readouterr().err
+    size = out.stat().st_size
+    assert f'({N_IMAGES} images, {size / 2**20:.1f} MB)' in err
+    assert f'({size / N_IMAGES / 1024:.0f} KB per image); --images link keeps it small' in err
+    assert main(['report', str(folder), '-a', 'happy', '--out', str(out), '--images', 'link'] + _clip(config)) == 0
+    assert '--images link keeps it small' not in capsys.readouterr().err

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 import uiqa_plugin  # noqa: F401
-from uiqa_plugin.perception.radar import SERIES_COLORS, attribute_label, radar_chart, save_chart, series_style
+from uiqa_plugin.perception.radar import (SERIES_COLORS, attribute_label, figure_bytes, radar_chart, save_chart,
+                                         series_style)
 
 NAMES = ['aesthetic', 'happy', 'natural', 'new', 'scary', 'Vivid photo.|Faded photo.']
 
@@ -106,3 +107,41 @@ def test_palette_colours_are_far_apart():
     rgb = np.array([[int(c[i:i + 2], 16) for i in (1, 3, 5)] for c in SERIES_COLORS], dtype=float)
     distances = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1) + np.eye(len(rgb)) * 1e9
     assert distances.min() > 60, distances.min()
+
+
+def _extents(chart):
+    chart.figure.canvas.draw()  # tick labels are placed at draw time
+    renderer = chart.figure.canvas.get_renderer()
+    return renderer, [label.get_window_extent(renderer) for label in chart.axes.get_xticklabels()]
+
+
+def test_attribute_names_clear_the_outer_ring():
+    names = ['noisiness', 'sharpness', 'brightness', 'colorfulness', 'contrast', 'aesthetic']
+    chart = radar_chart([('a', [0.9, 1.0, 0.5, 0.3, 1.0, 0.7])], names)
+    renderer, boxes = _extents(chart)
+    ax = chart.axes
+    centre = ax.transData.transform((0.0, 0.0))
+    ring = np.hypot(*(ax.transData.transform((0.0, 1.0)) - centre))  # outer ring radius in pixels
+    for name, box in zip(names, boxes):
+        # the point of each label box nearest the centre lies outside the outer ring
+        nx = np.clip(centre[0], box.x0, box.x1)
+        ny = np.clip(centre[1], box.y0, box.y1)
+        assert np.hypot(nx - centre[0], ny - centre[1]) > ring + 8, name  # pixels of clear space
+
+
+def test_values_are_written_beside_their_points_and_ring_labels_are_readable():
+    chart = radar_chart([('a', [0.125, 0.5, 0.875])], ['x', 'y', 'z'])
+    texts = [t.get_text() for t in chart.axes.texts]
+    assert texts == ['0.12', '0.50', '0.88']  # f'{v:.2f}' of each score (0.125 rounds to even)
+    ring_labels = chart.axes.get_yticklabels()
+    assert all(label.get_fontsize() >= 8 and label.get_zorder() > 2 for label in ring_labels)
+    many = radar_chart([('a', [0.1, 0.2, 0.3]), ('b', [0.3, 0.2, 0.1]), ('c', [0.5, 0.5, 0.5])], ['x', 'y', 'z'])
+    assert list(many.axes.texts) == []  # three overlaid series: values would clutter
+
+
+def test_caption_and_dollar_names_are_plain_text():
+    chart = radar_chart([('$\\nope$.png', [0.5, 0.5]), ('b', [0.2, 0.2])], ['cost $\\nope$', 'y'],
+                        title='a $\\nope$ b', caption='RANDOM WEIGHTS')
+    figure_svg = figure_bytes(chart.figure, 'svg').decode()
+    assert 'RANDOM WEIGHTS' in figure_svg
+    assert [t.get_text() for t in chart.figure.texts] == ['a $\\nope$ b', 'RANDOM WEIGHTS']

@@ -2,85 +2,12 @@
 continued with --auto_resume ends bit-identical (CPU) to the uninterrupted run, the best
 checkpoint and its record included; unreadable latest states are skipped and named."""
 import os
-import os.path as osp
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from test_training import REPO, demo_options, write_yaml
-
-# Runs uiqa_plugin/train.py with one failure injected, as a kill would leave things:
-#   UIQA_KILL_AT=N        the process dies (os._exit, no clean-up) at the start of iteration N
-#   UIQA_KILL_IN_SAVE=P   the process dies half-way through writing a file whose name contains P
-#   UIQA_FAIL_AT=N UIQA_FAIL_RANK=R   rank R raises at iteration N (the others carry on)
-#   UIQA_READONLY=D       writing into a folder named D fails as on a read-only file system
-INJECT = r'''
-import os, sys
-sys.path.insert(0, os.environ['UIQA_REPO'])
-import torch
-from uiqa_plugin.models.iqa_model import IQAModel
-kill_at = int(os.environ.get('UIQA_KILL_AT', 0))
-if kill_at:
-    original = IQAModel.optimize_parameters
-    def optimize_parameters(self, current_iter):
-        if current_iter == kill_at:
-            os._exit(9)
-        return original(self, current_iter)
-    IQAModel.optimize_parameters = optimize_parameters
-in_save = os.environ.get('UIQA_KILL_IN_SAVE')
-if in_save:
-    import uiqa_plugin.checkpoint_io as cio
-    real_save = torch.save
-    def torch_save(obj, f, *args, **kwargs):
-        name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
-        if in_save in os.path.basename(name):
-            f.write(b'PK\x03\x04 half a file')
-            f.flush()
-            os._exit(9)
-        return real_save(obj, f, *args, **kwargs)
-    cio.torch.save = torch_save
-fail_at = int(os.environ.get('UIQA_FAIL_AT', 0))
-if fail_at:
-    original_step = IQAModel.optimize_parameters
-    def failing(self, current_iter):
-        if current_iter == fail_at and self.opt['rank'] == int(os.environ['UIQA_FAIL_RANK']):
-            raise RuntimeError(f"injected failure on rank {self.opt['rank']} at iteration {current_iter}")
-        return original_step(self, current_iter)
-    IQAModel.optimize_parameters = failing
-readonly = os.environ.get('UIQA_READONLY')
-if readonly:
-    import errno
-    import uiqa_plugin.checkpoint_io as cio
-    real_mkstemp = cio.tempfile.mkstemp
-    def mkstemp(*args, **kwargs):
-        folder = kwargs.get('dir')
-        if folder and os.path.basename(folder) == readonly:
-            raise PermissionError(errno.EROFS, 'Read-only file system', os.path.join(folder, kwargs['prefix']))
-        return real_mkstemp(*args, **kwargs)
-    cio.tempfile.mkstemp = mkstemp
-from uiqa_plugin.train import main
-main(sys.argv[1:])
-'''
-
-
-def inject_script(cwd):
-    script = osp.join(str(cwd), '_inject_train.py')
-    with open(script, 'w') as f:
-        f.write(INJECT)
-    return script
-
-
-def run_train(cwd, opt_path, *extra, env=None, check=True, launcher=(), timeout=600):
-    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', UIQA_REPO=REPO)
-    full_env.update(env or {})
-    out = subprocess.run([sys.executable, *launcher, inject_script(cwd), '-opt', opt_path, *extra],
-                         capture_output=True, text=True, timeout=timeout, cwd=str(cwd), env=full_env)
-    if check:
-        assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-5000:])
-    return out
+from helpers import demo_options, run_train, write_yaml
 
 
 def resume_options(demo_data, name, workers=0, **changes):
@@ -126,6 +53,7 @@ def reference_run(demo_data, tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('workers', [0, 2])
 def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_path, reference_run, workers):
     # Random flips and fragment offsets are drawn in the main process (0 workers) or in the
@@ -153,8 +81,16 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     assert best_lines(log) == best_lines(ref_log)[-len(best_lines(log)):]
     state, ref_state = load(exp / 'training_states' / '30.state'), load(ref_exp / 'training_states' / '30.state')
     assert state['best_metric_results'] == ref_state['best_metric_results']
+    # The optimizer and the schedule continue, not restart: AdamW's step count, the scheduler and the logged
+    # learning rates after iteration 20 are those of the uninterrupted run.
+    steps = lambda s: {int(v['step']) for v in s['optimizers'][0]['state'].values()}  # noqa: E731
+    assert steps(state) == steps(ref_state) == {30}
+    assert state['schedulers'] == ref_state['schedulers']
+    lrs = lambda text: re.findall(r'iter:\s+(\d+), lr:\(([0-9.e+-]+),\)', text)  # noqa: E731
+    assert lrs(log) and lrs(log) == [(i, lr) for i, lr in lrs(ref_log) if int(i) > 20]
 
 
+@pytest.mark.slow
 def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(demo_data, tmp_path, reference_run):
     ref_exp, _ = reference_run()
     run = tmp_path / 'run'
@@ -179,6 +115,7 @@ def test_kill_inside_a_save_and_broken_states_fall_back_to_the_last_good_one(dem
         assert_same_weights(ref_exp / 'models' / name, exp / 'models' / name)
 
 
+@pytest.mark.slow
 def test_no_readable_state_is_an_error_naming_each_file(demo_data, tmp_path):
     opt = resume_options(demo_data, 'broken', **{'train.total_iter': 5})
     path = write_yaml(tmp_path, opt)

@@ -2,26 +2,24 @@
 import csv
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers import score, write_random_image
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
-from uiqa_plugin.tools.score import main
 
 
 @pytest.fixture
 def image_folder(tmp_path):
-    rng = np.random.RandomState(0)
+    rng = np.random.default_rng(0)
     folder = tmp_path / 'imgs'
     (folder / 'sub').mkdir(parents=True)
-    Image.fromarray(rng.randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / 'rgb.png')
-    Image.fromarray(rng.randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / 'photo.jpg', quality=90)
-    Image.fromarray(rng.randint(0, 256, (40, 56), dtype=np.uint8), 'L').save(folder / 'gray.png')
-    Image.fromarray(rng.randint(0, 256, (48, 64, 4), dtype=np.uint8), 'RGBA').save(folder / 'sub' / 'alpha.png')
-    cv2.imwrite(str(folder / 'sub' / 'deep.png'), rng.randint(0, 65536, (36, 52, 3)).astype(np.uint16))
+    write_random_image(folder / 'rgb.png', (48, 64, 3), rng)
+    write_random_image(folder / 'photo.jpg', (48, 64, 3), rng, quality=90)
+    write_random_image(folder / 'gray.png', (40, 56), rng)
+    write_random_image(folder / 'sub' / 'alpha.png', (48, 64, 4), rng)
+    write_random_image(folder / 'sub' / 'deep.png', (36, 52, 3), rng, bits=16)
     (folder / 'broken.jpg').write_bytes(b'\xff\xd8 truncated')
     (folder / 'notes.txt').write_text('not an image, ignored in folders')
     return folder
@@ -36,14 +34,10 @@ def expected_scores(tiny_metric_factory, paths, attributes):
     return metric.attribute_names, out
 
 
-def run(tiny_clip_files, args):
-    return main(args + ['--clip-model', tiny_clip_files['config'], '--clip-pretrained', tiny_clip_files['openai'],
-                        '--device', 'cpu', '--no-progress'])
-
-
 def test_csv_scores_a_folder_with_a_bad_file(tiny_clip_files, tiny_metric_factory, image_folder, tmp_path, capsys):
     out = tmp_path / 'scores.csv'
-    code = run(tiny_clip_files, [str(image_folder), '-a', 'quality,look,feel', '--batch-size', '2', '--out', str(out)])
+    code = score(tiny_clip_files, [str(image_folder), '-a', 'quality,look,feel', '--batch-size', '2',
+                                   '--out', str(out)])
     assert code == 1  # one input failed
     err = capsys.readouterr().err
     assert 'broken.jpg' in err and '1 input(s) not scored, 5 scored' in err and 'wrote 5 rows' in err
@@ -59,7 +53,7 @@ def test_csv_scores_a_folder_with_a_bad_file(tiny_clip_files, tiny_metric_factor
 
 def test_json_output_glob_and_custom_pair(tiny_clip_files, tiny_metric_factory, image_folder, tmp_path):
     out = tmp_path / 'scores.json'
-    code = run(tiny_clip_files, [str(image_folder / '*.png'), '-a', 'sharpness,Vivid photo.|Faded photo.',
+    code = score(tiny_clip_files, [str(image_folder / '*.png'), '-a', 'sharpness,Vivid photo.|Faded photo.',
                                  '--out', str(out)])
     assert code == 0
     data = json.loads(out.read_text())
@@ -71,25 +65,25 @@ def test_json_output_glob_and_custom_pair(tiny_clip_files, tiny_metric_factory, 
 
 
 def test_table_on_stdout_and_strict(tiny_clip_files, image_folder, capsys):
-    assert run(tiny_clip_files, [str(image_folder / 'rgb.png'), str(image_folder / 'gray.png')]) == 0
+    assert score(tiny_clip_files, [str(image_folder / 'rgb.png'), str(image_folder / 'gray.png')]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split() == ['path', 'quality'] and len(lines) == 3
-    assert run(tiny_clip_files, [str(image_folder), '--strict']) == 1
+    assert score(tiny_clip_files, [str(image_folder), '--strict']) == 1
     err = capsys.readouterr().err
     assert 'broken.jpg: cannot decode image' in err and 'scored' not in err
 
 
 def test_usage_errors(tiny_clip_files, tmp_path, capsys):
-    assert run(tiny_clip_files, [str(tmp_path), '-a', 'hapy']) == 2
+    assert score(tiny_clip_files, [str(tmp_path), '-a', 'hapy']) == 2
     assert "Did you mean happy" in capsys.readouterr().err
-    assert run(tiny_clip_files, [str(tmp_path / 'none.png')]) == 1
+    assert score(tiny_clip_files, [str(tmp_path / 'none.png')]) == 1
     assert 'no such file or folder' in capsys.readouterr().err
 
 
 def test_keep_pos_embed_flag_changes_the_encoder_path(tiny_clip_files, tiny_metric_factory, image_folder, tmp_path):
     out = tmp_path / 'pos.json'
     path = image_folder / 'rgb.png'
-    assert run(tiny_clip_files, [str(path), '--keep-pos-embed', '--out', str(out)]) == 0
+    assert score(tiny_clip_files, [str(path), '--keep-pos-embed', '--out', str(out)]) == 0
     got = json.loads(out.read_text())[0]['quality']
     metric = tiny_metric_factory('quality', keep_pos_embed=True)
     with torch.no_grad():

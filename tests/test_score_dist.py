@@ -3,40 +3,28 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 import threading
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import uiqa_plugin.scoring.loader as loader
 import uiqa_plugin.scoring.outputs as outputs
-from uiqa_plugin.tools.output_table import write_table
-from uiqa_plugin.tools.score import build_parser, main
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, score, spawn, tiny_clip_flags, write_random_image
+from uiqa_plugin.scoring.table import write_table
+from uiqa_plugin.tools.score import build_parser
 
 
 @pytest.fixture
 def photos(tmp_path):
-    rng = np.random.RandomState(3)
+    rng = np.random.default_rng(3)
     folder = tmp_path / 'photos'
     folder.mkdir()
     for i in range(7):
-        h, w = [(40, 52), (48, 64), (36, 36)][i % 3]
-        Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f'img{i}.png')
+        write_random_image(folder / f'img{i}.png', (*[(40, 52), (48, 64), (36, 36)][i % 3], 3), rng)
     (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n cut')
     return folder
-
-
-def clip_args(files):
-    return ['--clip-model', files['config'], '--clip-pretrained', files['openai'], '--device', 'cpu', '--no-progress']
-
-
-def run(files, args):
-    return main(args + clip_args(files))
 
 
 def read_csv(path):
@@ -44,15 +32,15 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # torchrun
 def test_two_processes_merge_to_the_one_process_table(tiny_clip_files, photos, tmp_path):
     single = tmp_path / 'single.csv'
-    assert run(tiny_clip_files, [str(photos), '-a', 'quality,sharpness', '--out', str(single), '--workers', '0']) == 1
+    assert score(tiny_clip_files, [str(photos), '-a', 'quality,sharpness', '--out', str(single), '--workers', '0']) == 1
     sharded = tmp_path / 'sharded.csv'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
            '-m', 'uiqa_plugin.tools.score', str(photos), '-a', 'quality,sharpness', '--out', str(sharded),
-           '--workers', '0'] + clip_args(tiny_clip_files)
-    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS='1')
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+           '--workers', '0'] + tiny_clip_flags(tiny_clip_files)
+    out = spawn(cmd, tmp_path, env={'PYTHONPATH': REPO}, timeout=300)
     # one input not scored: rank 0 exits 1 (the launcher then adds its own report), every rank ran to its end
     assert out.returncode == 1 and 'broken.png: cannot decode image' in out.stderr and 'wrote 7 rows' in out.stderr
     assert not re.search(r'File ".*uiqa_plugin', out.stderr)  # no traceback from our code
@@ -63,7 +51,7 @@ def test_two_processes_merge_to_the_one_process_table(tiny_clip_files, photos, t
 
 def test_resume_after_a_kill_scores_only_the_rest(tiny_clip_files, photos, tmp_path, monkeypatch):
     full = tmp_path / 'full.json'
-    assert run(tiny_clip_files, [str(photos), '--out', str(full), '--workers', '0']) == 1
+    assert score(tiny_clip_files, [str(photos), '--out', str(full), '--workers', '0']) == 1
     out = tmp_path / 'scores.json'
 
     class Killed(BaseException):
@@ -82,7 +70,7 @@ def test_resume_after_a_kill_scores_only_the_rest(tiny_clip_files, photos, tmp_p
 
     monkeypatch.setattr(outputs.PartWriter, 'write', dying_write)
     with pytest.raises(Killed):
-        run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0'])
+        score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0'])
     monkeypatch.setattr(outputs.PartWriter, 'write', real_write)
     parts = list(tmp_path.glob('scores.json.part-*.jsonl'))
     assert len(parts) == 1 and not out.exists()
@@ -95,22 +83,26 @@ def test_resume_after_a_kill_scores_only_the_rest(tiny_clip_files, photos, tmp_p
         return real_iter(model, paths, **kwargs)
 
     monkeypatch.setattr(loader, 'iter_scores', recording_iter)
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
     everything = sorted(str(p) for p in photos.iterdir())
     broken = str(photos / 'broken.png')
-    assert written[0] == broken and scored == [p for p in everything if p == broken or p not in written]
+    # the failure recorded before the kill is not tried again: it is reported, and the exit status says so
+    assert written[0] == broken and scored == [p for p in everything if p not in written]
     assert out.read_text() == full.read_text()
     assert not list(tmp_path.glob('scores.json.part-*'))
 
-    scored.clear()  # resuming a finished table scores nothing new but the failure, and keeps every row
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
-    assert scored == [str(photos / 'broken.png')] and out.read_text() == full.read_text()
+    scored.clear()  # resuming a finished table scores nothing, keeps every row, and still names the failure
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+    assert scored == [] and out.read_text() == full.read_text()
+    scored.clear()  # --retry-failed scores the failed image again, and only that one
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--retry-failed', '--workers', '0']) == 1
+    assert scored == [broken] and out.read_text() == full.read_text()
 
 
 def test_resume_refuses_a_table_of_other_columns(tiny_clip_files, photos, tmp_path, capsys):
     out = tmp_path / 'scores.csv'
     write_table([{'path': 'a.png', 'quality': 0.5}], ['path', 'quality'], str(out))
-    assert run(tiny_clip_files, [str(photos), '-a', 'sharpness', '--out', str(out), '--resume']) == 2
+    assert score(tiny_clip_files, [str(photos), '-a', 'sharpness', '--out', str(out), '--resume']) == 2
     assert "has the columns ['path', 'quality'], this run gives ['path', 'sharpness']" in capsys.readouterr().err
 
 
@@ -129,7 +121,7 @@ def test_output_problems_are_found_before_scoring(tiny_clip_files, photos, tmp_p
     (tmp_path / 'afile').write_text('a file, not a folder')
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr('uiqa_plugin.create_metric', never_load)
-    assert run(tiny_clip_files, [str(photos), '--out', target]) == 2
+    assert score(tiny_clip_files, [str(photos), '--out', target]) == 2
     err = capsys.readouterr().err
     assert f'{target}: ' in err and reason in err
 
@@ -141,15 +133,15 @@ def test_a_failed_write_keeps_the_rows(tiny_clip_files, photos, tmp_path, monkey
         raise OSError(28, 'No space left on device')
 
     monkeypatch.setattr(outputs, 'write_table', disk_full)
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
     err = capsys.readouterr().err
     parts = list(tmp_path.glob('scores.csv.part-*.jsonl'))
     assert f'{out}: cannot write the table (No space left on device)' in err and str(parts[0]) in err
     assert len(parts[0].read_text().splitlines()) == 1 + 8  # header line + 7 rows + 1 failure
     monkeypatch.undo()
     monkeypatch.setattr(loader, 'iter_scores', lambda model, paths, **kw: iter([(0, None, 'x: retried')]))
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--resume']) == 1
-    assert len(read_csv(out)) == 7  # the rows came from the part file, nothing was scored again
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--retry-failed']) == 1
+    assert len(read_csv(out)) == 7  # the rows came from the part file, only the failed image was tried again
 
 
 def test_concurrent_writers_each_leave_a_whole_table(tmp_path):
@@ -175,16 +167,16 @@ def test_concurrent_writers_each_leave_a_whole_table(tmp_path):
 
 
 def test_usage_messages(tiny_clip_files, photos, tmp_path, capsys):
-    assert run(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '-a', 'quality']) == 2
+    assert score(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '-a', 'quality']) == 2
     assert '-a/--attributes does not apply to --checkpoint' in capsys.readouterr().err
-    assert run(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '--keep-pos-embed']) == 2
+    assert score(tiny_clip_files, [str(photos), '--checkpoint', 'net.pth', '--keep-pos-embed']) == 2
     assert '--keep-pos-embed does not apply to --checkpoint' in capsys.readouterr().err
-    assert run(tiny_clip_files, [str(photos), '--resume']) == 2
+    assert score(tiny_clip_files, [str(photos), '--resume']) == 2
     assert '--resume needs --out' in capsys.readouterr().err
     help_text = build_parser().format_help()
     assert '(default RN50)' not in help_text and help_text.count('(default: RN50)') == 1
     assert 'examples:' in help_text and 'torch.distributed.run' in help_text and 'exit status' in help_text
-    assert run(tiny_clip_files, [str(photos / 'img0.png'), '--out', str(tmp_path / 'one.csv')]) == 0
+    assert score(tiny_clip_files, [str(photos / 'img0.png'), '--out', str(tmp_path / 'one.csv')]) == 0
     assert 'wrote 1 row to' in capsys.readouterr().err
 
 
@@ -197,7 +189,7 @@ def test_rank0_names_part_files_it_cannot_see(tiny_clip_files, photos, tmp_path,
     monkeypatch.setattr(Ranks, 'share', lambda self, obj: obj)  # rank 1 runs elsewhere (and never writes here)
     monkeypatch.setattr(Ranks, 'wait_all', lambda self: None)
     out = tmp_path / 'scores.csv'
-    assert run(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
     err = capsys.readouterr().err
     assert 'rank 0 cannot see the part files' in err and '-1.jsonl' in err and 'shares' in err
     own = list(tmp_path.glob('scores.csv.part-*-0.jsonl'))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers import write_image, write_random_image
 from uiqa_plugin.api import score_paths, view_pipeline
 from uiqa_plugin.data.image_io import decode_pixels, pixels_to_rgb_uint8, read_image
 from uiqa_plugin.data.image_ops import resize
@@ -31,22 +32,11 @@ def reference_scores(model, paths):
 @pytest.fixture
 def mixed_sizes(tmp_path):
     """8-bit RGB, gray, RGBA and 16-bit images in three sizes, interleaved."""
-    rng = np.random.RandomState(1)
-    paths = []
+    rng = np.random.default_rng(1)
     sizes = [(40, 52), (48, 64), (40, 52), (36, 36), (48, 64), (40, 52), (36, 36)]
-    for i, (h, w) in enumerate(sizes):
-        path = tmp_path / f'{i:02d}.png'
-        kind = i % 4
-        if kind == 0:
-            Image.fromarray(rng.randint(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
-        elif kind == 1:
-            Image.fromarray(rng.randint(0, 256, (h, w), dtype=np.uint8), 'L').save(path)
-        elif kind == 2:
-            Image.fromarray(rng.randint(0, 256, (h, w, 4), dtype=np.uint8), 'RGBA').save(path)
-        else:
-            cv2.imwrite(str(path), rng.randint(0, 65536, (h, w, 3)).astype(np.uint16))
-        paths.append(str(path))
-    return paths
+    kinds = [((3,), 8), ((), 8), ((4,), 8), ((3,), 16)]  # RGB, grey, RGBA, 16-bit RGB
+    return [write_random_image(tmp_path / f'{i:02d}.png', (*size, *kinds[i % 4][0]), rng, bits=kinds[i % 4][1])
+            for i, size in enumerate(sizes)]
 
 
 def test_uint8_on_the_way_is_exact():
@@ -127,15 +117,11 @@ def test_minimum_input_side_of_the_towers(tiny_clip_files):
 
 
 def test_small_images_are_upscaled_and_strips_refused(tiny_metric_factory, tmp_path):
-    rng = np.random.RandomState(2)
-    good = tmp_path / 'good.png'
-    Image.fromarray(rng.randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(good)
-    dot = tmp_path / 'dot.png'
-    Image.fromarray(np.array([[[200, 30, 90]]], dtype=np.uint8)).save(dot)
-    thin = tmp_path / 'thin.png'
-    Image.fromarray(rng.randint(0, 256, (5, 200, 3), dtype=np.uint8)).save(thin)
-    strip = tmp_path / 'strip.png'
-    Image.fromarray(rng.randint(0, 256, (3, 50000, 3), dtype=np.uint8)).save(strip)
+    rng = np.random.default_rng(2)
+    good = write_random_image(tmp_path / 'good.png', (48, 64, 3), rng)
+    dot = write_image(tmp_path / 'dot.png', np.array([[[200, 30, 90]]], dtype=np.uint8))
+    thin = write_random_image(tmp_path / 'thin.png', (5, 200, 3), rng)
+    strip = write_random_image(tmp_path / 'strip.png', (3, 50000, 3), rng)
     metric = tiny_metric_factory('quality')
     paths = [str(good), str(dot), str(strip), str(thin)]
     result = score_paths(metric, paths, batch_size=2, workers=0, progress=False)

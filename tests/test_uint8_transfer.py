@@ -5,14 +5,13 @@ The result must equal the host-normalized views (device_normalize: false) bit fo
 import os
 from types import SimpleNamespace
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import uiqa_plugin  # noqa: F401  (before basicsr)
 from basicsr.data import build_dataset
+from helpers import write_random_image
 from uiqa_plugin.data.collate import collate_views
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.models.iqa_model import IQAModel
@@ -26,15 +25,13 @@ def write_fixture(folder, kinds=('rgb', 'gray', 'rgb2')):
     h, w = SIZE
     for i, kind in enumerate(kinds):
         if kind in ('rgb', 'rgb2'):
-            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(os.path.join(folder, f'{i}.jpg'),
-                                                                                   quality=90)
+            write_random_image(os.path.join(folder, f'{i}.jpg'), (h, w, 3), rng, quality=90)
         elif kind == 'gray':
-            Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(os.path.join(folder, f'{i}.png'))
+            write_random_image(os.path.join(folder, f'{i}.png'), (h, w), rng)
         elif kind == 'rgb16':
-            cv2.imwrite(os.path.join(folder, f'{i}.png'), rng.integers(0, 65536, (h, w, 3), dtype=np.uint16))
+            write_random_image(os.path.join(folder, f'{i}.png'), (h, w, 3), rng, bits=16)
         elif kind == 'rgba':
-            Image.fromarray(rng.integers(0, 256, (h, w, 4), dtype=np.uint8), 'RGBA').save(
-                os.path.join(folder, f'{i}.png'))
+            write_random_image(os.path.join(folder, f'{i}.png'), (h, w, 4), rng)
     return str(folder)
 
 

@@ -2,13 +2,12 @@
 and scoring paths read is refused with a message that names the file and the override."""
 import os
 import os.path as osp
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from test_training import REPO, demo_options, write_yaml
+from helpers import REPO, demo_options, spawn, write_yaml
 
 
 class Payload:
@@ -26,10 +25,9 @@ def plant(path, marker, **content):
     return str(path)
 
 
-def run(script, args, cwd):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
-    return subprocess.run([sys.executable, osp.join(REPO, 'uiqa_plugin', script), *args], capture_output=True,
-                          text=True, timeout=300, cwd=str(cwd), env=env)
+def run_script(script, args, cwd):
+    """CompletedProcess of uiqa_plugin/<script> with ``args``, expected to fail."""
+    return spawn([sys.executable, osp.join(REPO, 'uiqa_plugin', script), *args], cwd, timeout=300)
 
 
 def assert_refused(out, path, marker):
@@ -47,35 +45,37 @@ def short_options(demo_data, name):
     return opt
 
 
+@pytest.mark.slow
 def test_resume_state_and_auto_resume_refuse_a_payload(demo_data, tmp_path):
     marker = str(tmp_path / 'ran')
     state = plant(tmp_path / 'evil.state', marker, iter=5, epoch=0, optimizers=[], schedulers=[])
     opt = short_options(demo_data, 'evil_resume')
     opt['path']['resume_state'] = state
-    assert_refused(run('train.py', ['-opt', write_yaml(tmp_path, opt, 'a.yml')], tmp_path), state, marker)
+    assert_refused(run_script('train.py', ['-opt', write_yaml(tmp_path, opt, 'a.yml')], tmp_path), state, marker)
 
     opt = short_options(demo_data, 'evil_auto')
     states = tmp_path / 'experiments' / 'evil_auto' / 'training_states'
     states.mkdir(parents=True)
     planted = plant(states / '99.state', marker, iter=99, epoch=3, optimizers=[], schedulers=[])
-    out = run('train.py', ['-opt', write_yaml(tmp_path, opt, 'b.yml'), '--auto_resume'], tmp_path)
+    out = run_script('train.py', ['-opt', write_yaml(tmp_path, opt, 'b.yml'), '--auto_resume'], tmp_path)
     assert_refused(out, planted, marker)
     assert not any('_archived_' in n for n in os.listdir(tmp_path / 'experiments'))  # nothing renamed away
 
 
+@pytest.mark.slow
 def test_pretrain_network_refuses_a_payload_in_training_and_test(demo_data, tmp_path):
     marker = str(tmp_path / 'ran')
     opt = short_options(demo_data, 'evil_pretrain')
     evil = plant(tmp_path / 'evil.pth', marker, params={}, network_g=opt['network_g'])
     opt['path']['pretrain_network_g'] = evil
-    assert_refused(run('train.py', ['-opt', write_yaml(tmp_path, opt, 'c.yml')], tmp_path), evil, marker)
+    assert_refused(run_script('train.py', ['-opt', write_yaml(tmp_path, opt, 'c.yml')], tmp_path), evil, marker)
 
     test_opt = {'name': 'evil_test', 'model_type': 'IQAModel', 'num_gpu': 0, 'manual_seed': 0,
                 'datasets': {'test': dict(opt['datasets']['val'], split='validation')},
                 'path': {'pretrain_network_g': evil}, 'val': {'save_predictions': True}}
-    assert_refused(run('test.py', ['-opt', write_yaml(tmp_path, test_opt, 'd.yml')], tmp_path), evil, marker)
+    assert_refused(run_script('test.py', ['-opt', write_yaml(tmp_path, test_opt, 'd.yml')], tmp_path), evil, marker)
     test_opt['network_g'] = opt['network_g']  # the network from the options: the weights are refused as well
-    assert_refused(run('test.py', ['-opt', write_yaml(tmp_path, test_opt, 'e.yml')], tmp_path), evil, marker)
+    assert_refused(run_script('test.py', ['-opt', write_yaml(tmp_path, test_opt, 'e.yml')], tmp_path), evil, marker)
 
 
 def test_load_trained_model_refuses_a_payload_and_trusts_on_request(tmp_path, tiny_clip_files):

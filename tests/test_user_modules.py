@@ -1,9 +1,7 @@
 """Users' own modules: `--import` / `imports:` load registered classes before options are validated; a
 custom arch trains through train.py and its checkpoint scores through uiqa-score --import."""
 import csv
-import os
 import os.path as osp
-import subprocess
 import sys
 
 import numpy as np
@@ -11,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from test_training import REPO, demo_options, run, write_yaml
+from helpers import TRAIN_PY, demo_options, run, spawn, write_yaml
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER
 from uiqa_plugin.options import OptionError, validate_options
 from uiqa_plugin.user_modules import UserModuleError, import_user_modules, pop_import_args, unknown_arch_message
 
@@ -94,6 +93,7 @@ def expected_scores(checkpoint, paths):
     return out
 
 
+@pytest.mark.slow
 def test_user_arch_trains_with_import_and_scores_with_import(demo_data, tmp_path):
     (tmp_path / 'my_arch.py').write_text(USER_ARCH)
     opt = demo_options(demo_data, **{'train.total_iter': 4, 'val.val_freq': 4, 'logger.print_freq': 2,
@@ -102,26 +102,23 @@ def test_user_arch_trains_with_import_and_scores_with_import(demo_data, tmp_path
     for ds in opt['datasets'].values():
         ds['views'] = ['image']
     path = write_yaml(tmp_path, opt)
-    train_py = osp.join(REPO, 'uiqa_plugin', 'train.py')
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore')
 
     # without the import the arch is unknown, found by option validation
-    out = subprocess.run([sys.executable, train_py, '-opt', path], capture_output=True, text=True, cwd=tmp_path,
-                         env=env, timeout=300)
+    out = spawn([sys.executable, TRAIN_PY, '-opt', path], tmp_path, timeout=300)
     assert out.returncode != 0 and "network_g.type: unknown arch 'MeanColourNet'" in out.stderr, out.stderr[-2000:]
     assert not osp.isdir(tmp_path / 'experiments')
 
-    log = run([sys.executable, train_py, '-opt', path, '--import', 'my_arch.py'], tmp_path)
+    log = run([sys.executable, TRAIN_PY, '-opt', path, '--import', 'my_arch.py'], tmp_path)
     assert 'End of training' in log
     checkpoint = str(tmp_path / 'experiments' / 'user_arch' / 'models' / 'net_g_4.pth')
     payload = torch.load(checkpoint, map_location='cpu', weights_only=True)
     assert payload['network_g'] == {'type': 'MeanColourNet', 'hidden': 6}
     assert payload['imports'] == [str(tmp_path / 'my_arch.py')]  # recorded for scoring, never auto-imported
 
-    images = sorted(str(p) for p in (demo_data / '1024x768').glob('coffee_*'))[:3]
+    images = sorted(str(p) for p in (demo_data / DEMO_IMAGE_FOLDER).glob('coffee_*'))[:3]
     score = [sys.executable, '-m', 'uiqa_plugin.tools.score', *images, '--checkpoint', checkpoint, '--device', 'cpu',
              '--no-progress']
-    out = subprocess.run(score, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    out = spawn(score, tmp_path, timeout=300)
     assert out.returncode == 2 and 'Traceback' not in out.stderr
     assert "arch 'MeanColourNet' is not registered" in out.stderr
     assert f'--import {tmp_path / "my_arch.py"}' in out.stderr

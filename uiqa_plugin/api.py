@@ -5,15 +5,19 @@
     >>> result = uiqa_plugin.score_paths(metric, ['photos/'], batch_size=4)
     >>> result.rows[0]   # {'path': 'photos/a.jpg', 'quality': 0.71, 'brightness': 0.55, ...}
 """
-import glob
 import os
-import os.path as osp
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from uiqa_plugin.checkpoint_io import check_finite, load_checkpoint
 from uiqa_plugin.data.image_io import ImageReadError
-from uiqa_plugin.scoring.input_limits import MAX_ASPECT
+from uiqa_plugin.data.transforms import build_transforms, evaluation_transform_specs, view_pipeline  # noqa: F401
+from uiqa_plugin.scoring import default_workers
+from uiqa_plugin.scoring.input_limits import MAX_ASPECT, MAX_PIXELS
+from uiqa_plugin.scoring.loader import iter_scores, model_minimum_side
+from uiqa_plugin.scoring.paths import collect_image_paths  # noqa: F401 (public API)
 
 
 def default_device():
@@ -21,20 +25,26 @@ def default_device():
 
 
 def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
-                  **kwargs):
+                  data_range=1.0, **kwargs):
     """A ready-to-call zero-shot CLIP-IQA model in eval mode on ``device``.
 
     attributes: names, presets or ``"positive|negative"`` pairs (see ``uiqa_plugin.prompts``).
-    The returned module maps RGB images (N, 3, H, W) in [0, 1] to (N, P) scores in [0, 1];
-    ``metric.attribute_names`` names the columns. precision: 'fp32' (default, the reference numbers),
+    The returned module maps RGB images (N, 3, H, W) to (N, P) scores in [0, 1];
+    ``metric.attribute_names`` names the columns. Images are uint8 in [0, 255] (scaled exactly as a
+    file is) or float in [0, data_range] (default 1.0; beyond it by more than 1/255 of it: refused);
+    images smaller than the CLIP image tower takes are upscaled as ``uiqa-score`` does
+    (``uiqa_plugin.metrics.image_input``). precision: 'fp32' (default, the reference numbers),
     'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
     Other keyword arguments go to ``CLIPIQA``.
     """
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
     from uiqa_plugin.clip_precision import check_precision
+    from uiqa_plugin.metrics.image_input import ImageInputContract
+    contract = ImageInputContract(data_range)  # a bad data_range fails here, before CLIP loads
     check_precision(precision, device or default_device())  # fp16 on a CPU fails here, before CLIP loads
     metric = CLIPIQA(attributes=attributes, clip_model=clip_model, clip_pretrained=clip_pretrained,
                      precision=precision, **kwargs)
+    metric.register_forward_pre_hook(contract)
     return metric.to(device or default_device()).eval()
 
 
@@ -48,22 +58,23 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     else from the names stored in the checkpoint. The weights are the averaged ones
     (``params_ema``) when the run kept an average, as its validation used them.
 
-    trust: allow a file that needs full unpickling (it may run code); never the default.
+    trust: allow files that need code to load (a checkpoint that needs full unpickling, a CLIP
+    TorchScript archive with code that runs on load); never the default.
     quick_gelu, precision: override what the checkpoint recorded (None: keep it).
-    Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable or refused files.
+    Raises ``checkpoint_io.CheckpointReadError`` (a ValueError) for unreadable, refused or
+    non-finite weights, ValueError for other problems; each message names the file and the key.
     """
-    from basicsr.utils.registry import ARCH_REGISTRY
-    from uiqa_plugin.checkpoint_io import load_checkpoint
-    from uiqa_plugin.models.iqa_model import missing_clip_paths
+    from basicsr.utils.registry import ARCH_REGISTRY  # lazy: importing basicsr loads all its archs and models
+    from uiqa_plugin.clip.pretrained import trusting  # lazy: importing open_clip takes seconds
+    from uiqa_plugin.models.iqa_model import missing_clip_paths  # lazy: imports basicsr
     ckpt = load_checkpoint(checkpoint, trust=trust)
     if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
         raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
                          'convert published CLIP-IQA+ weights with uiqa-convert)')
-    options = dict(ckpt['network_g'])
+    from uiqa_plugin.options import check_checkpoint_options
+    # the same rules as an option file (an OptionError is a ValueError); a user's arch must be imported first
+    options = check_checkpoint_options(ckpt, checkpoint, ckpt.get('imports'))
     arch = options.pop('type')
-    if arch not in ARCH_REGISTRY:  # a user's arch: its module must be imported first (never from the file)
-        from uiqa_plugin.user_modules import unknown_arch_message
-        raise ValueError(unknown_arch_message(checkpoint, arch, ckpt.get('imports')))
     if clip_model is not None:
         options['clip_model'] = clip_model
     if clip_pretrained is not None:
@@ -79,7 +90,16 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
         options['quick_gelu'] = quick_gelu
     if precision is not None:  # else the precision it was trained with
         options['precision'] = precision
-    model = ARCH_REGISTRY.get(arch)(**options)
+    for key in ('params', 'params_ema'):
+        value = ckpt.get(key)
+        if key == 'params_ema' and value is None:
+            continue
+        if not isinstance(value, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()):
+            raise ValueError(f'{checkpoint}: "{key}" must be a state dict (parameter name -> tensor), got '
+                             f'{type(value).__name__}')
+        check_finite(value, f'{checkpoint} ({key})')
+    with trusting(trust):
+        model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']
     try:
         model.load_state_dict(params, strict=True)
@@ -89,89 +109,35 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     model.view_options = ckpt.get('view_options')
     if getattr(model, 'regressor', None) is not None:
         model.output_names = ['score']
-    return model.to(device or default_device()).eval()
+    model = model.to(device or default_device()).eval()
+    names = output_names(model)
+    try:
+        count = _output_count(model)
+    except Exception:  # noqa: BLE001  (a probe the model cannot take: scoring will say why, with a real image)
+        count = len(names)
+    if count != len(names):  # a user's arch whose head gives other columns than its attributes
+        model.output_names = ['score'] if count == 1 else [f'output_{i}' for i in range(count)]
+    return model
+
+
+def _output_count(model):
+    """Columns of the model's output, from one forward of a mid-grey image through its evaluation views."""
+    side = max(224, model_minimum_side(model))
+    specs = [s for s in evaluation_transform_specs(model) if s.get('type') != 'LoadImage']
+    sample = build_transforms(specs, train=False)(
+        {'key': 'probe', 'path': 'probe', 'target': [], 'views': {'image': np.full((side, side, 3), 0.5, np.float32)}})
+    device = next(iter(model.buffers()), torch.empty(0)).device
+    views = list(getattr(model, 'views', None) or ['image'])
+    inputs = {v: sample[v][None].to(device) for v in views}
+    with torch.inference_mode():
+        out = model(inputs if len(views) > 1 else inputs[views[0]])
+    return int(out.shape[-1]) if out.dim() > 1 else 1
 
 
 def output_names(model):
-    """Column names of a model's output: its attributes, or 'score' for a regression head."""
+    """Column names of a model's output: its attributes, 'score' for a regression head, or what a user's arch
+    gives (set by ``load_trained_model``)."""
     return list(getattr(model, 'output_names', None) or model.attribute_names)
-
-
-def evaluation_transform_specs(model):
-    """The evaluation transform chain (a list of transform dicts) that turns an image file into ``model``'s views.
-
-    For a trained model, the preprocessing stored in its checkpoint (the validation dataset's
-    ``resize``, ``views``, ``mean``/``std`` or explicit ``transforms``), read from disk; else the
-    model's views with CLIP's normalization when it expects normalized input. The chain starts
-    with ``LoadImage`` and ends with ``Normalize`` (possibly a no-op) and ``Collect``.
-    """
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
-    from uiqa_plugin.data.transforms import view_transform_specs
-    inner = getattr(model, 'metric', model)  # uiqa-profile's scorer wraps a metric
-    pre = getattr(model, 'preprocessing', None) or getattr(inner, 'preprocessing', None)
-    names = list(getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image'])
-    if pre and pre.get('transforms'):
-        specs = [dict(s) for s in pre['transforms']]
-        if specs[0].get('type') != 'LoadImage':
-            specs.insert(0, {'type': 'LoadImage'})
-        if specs[-1].get('type') != 'Collect':
-            specs.append({'type': 'Collect'})
-        for spec in specs:
-            if spec.get('type') == 'LoadImage':
-                spec['io_backend'] = None  # files on disk, whatever the training read from
-        return specs
-    if pre:
-        return view_transform_specs(pre.get('views') or names, train=False, resize=pre.get('resize'),
-                                    mean=pre.get('mean'), std=pre.get('std'))
-    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None) or names
-    normalized = getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False))
-    return view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,
-                                std=CLIP_STD if normalized else None)
-
-
-def view_pipeline(model):
-    """The evaluation transform (a callable on samples) that turns an image file into the views ``model`` takes."""
-    from uiqa_plugin.data.transforms import build_transforms
-    return build_transforms(evaluation_transform_specs(model), train=False)
-
-
-def collect_image_paths(inputs, recursive=True):
-    """Expand files, folders and glob patterns into a sorted-per-input list of image paths.
-
-    Folders are walked following symbolic links, cycle-safe: each real file is listed once,
-    under the first path that reaches it (see ``uiqa_plugin.scoring.paths``).
-    Returns (paths, problems): ``problems`` lists (input, message) for inputs that matched
-    nothing, folders that cannot be listed and links whose target is missing.
-    """
-    from uiqa_plugin.scoring.paths import glob_files, walk_files
-    paths, problems = [], []
-    for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
-        item = os.fspath(item)
-        if osp.isdir(item):
-            found, trouble = walk_files(item, recursive=recursive)
-            problems.extend(trouble)
-            if not found and not trouble:
-                problems.append((item, 'folder holds no image files'))
-            paths.extend(found)
-        elif osp.isfile(item):
-            paths.append(item)  # named explicitly: try it whatever its suffix
-        elif glob.has_magic(item):
-            found, trouble = glob_files(item)
-            problems.extend(trouble)
-            if not found:
-                problems.append((item, 'pattern matched no files'))
-            paths.extend(found)
-        elif osp.islink(item):
-            problems.append((item, 'broken symbolic link (its target is missing or loops)'))
-        else:
-            problems.append((item, 'no such file or folder'))
-    seen, unique = set(), []
-    for path in paths:  # one row per real file, whichever input reached it first
-        real = osp.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append(path)
-    return unique, problems
 
 
 @dataclass
@@ -182,9 +148,23 @@ class ScoreResult:
     rows: list = field(default_factory=list)
     failures: list = field(default_factory=list)
 
+    @property
+    def columns(self):
+        return ['path'] + list(self.attribute_names)
+
+    def to_table(self, path):
+        """Write the rows to ``path``, a .csv or .json table in the format uiqa-score writes (failures are not rows)."""
+        from uiqa_plugin.scoring.table import write_table
+        write_table(self.rows, self.columns, os.fspath(path))
+
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (pandas is not a dependency: import error if it is missing)."""
+        import pandas as pd
+        return pd.DataFrame(self.rows, columns=self.columns)
+
 
 def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, workers=None, read_ahead=8,
-                max_aspect=MAX_ASPECT):
+                max_aspect=MAX_ASPECT, max_pixels=MAX_PIXELS, prepare=None):
     """Score image files with ``metric`` (``create_metric`` or ``load_trained_model``).
 
     inputs: files, folders (recursive) and glob patterns. Each file becomes the views the
@@ -192,14 +172,14 @@ def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, worke
     patch), decoded in ``workers`` processes (default: up to 4; 0: in this process).
     Images of different sizes are batched with others of the same size; rows keep input order.
     Images smaller than the CLIP image tower takes are upscaled to its minimum (aspect kept);
-    images more than ``max_aspect`` times longer than wide are refused.
+    images more than ``max_aspect`` times longer than wide are refused, and images with more than
+    ``max_pixels`` pixels before decoding (``None``: no limit). prepare: see ``scoring.loader.ScoreImages``.
+    Scores that are not finite (NaN) are failures of their image, never rows.
     Unreadable or refused files are recorded in ``failures`` and skipped, or raise
     ``ImageReadError`` when ``strict``.
     """
     from tqdm import tqdm
 
-    from uiqa_plugin.scoring import default_workers
-    from uiqa_plugin.scoring.loader import iter_scores
     paths, problems = collect_image_paths(inputs)
     if strict and problems:
         raise FileNotFoundError('; '.join(f'{p}: {m}' for p, m in problems))
@@ -209,7 +189,8 @@ def score_paths(metric, inputs, batch_size=1, strict=False, progress=True, worke
     with tqdm(total=len(paths), desc='scoring', unit='img', disable=not progress) as bar:
         for index, scores, error in iter_scores(metric, paths, batch_size=batch_size,
                                                 workers=min(workers, len(paths) // 2), read_ahead=read_ahead,
-                                                max_aspect=max_aspect, progress=bar):
+                                                max_aspect=max_aspect, progress=bar, max_pixels=max_pixels,
+                                                prepare=prepare):
             if error is not None:
                 if strict:
                     raise ImageReadError(error)

@@ -147,7 +147,7 @@ def attention_pool_query(pool, feature_map, positional=None):
     """CLIP's attention pool for the mean-token query only, in fp32, without forming keys and values.
 
     feature_map: (N, C, H, W) in any dtype; positional: optional (1 + H*W, C) term added to
-    the tokens (mean token first). Same result as ``clip_backbone.attention_pool`` up to
+    the tokens (mean token first). Same result as ``clip.model.attention_pool`` up to
     float rounding. Returns (N, output_dim) in fp32.
     """
     with full_precision(feature_map.device):

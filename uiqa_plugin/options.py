@@ -25,6 +25,11 @@ import re
 
 import yaml
 
+from uiqa_plugin.checkpoint_io import looks_like_path
+
+# torch, BasicSR and our registering modules are imported inside the checks that need them: this buys
+# start-up time, so that `python -m uiqa_plugin.options --help` and the commands' option errors answer at once.
+
 TOP_LEVEL = {
     'name': str, 'model_type': str, 'num_gpu': (int, str), 'manual_seed': int, 'datasets': dict,
     'network_g': dict, 'path': dict, 'train': dict, 'val': dict, 'logger': dict, 'dist_params': dict,
@@ -168,19 +173,113 @@ def check_device(device, key='--device'):
 
 # ----------------------------------------------------------------------------- parts
 
-def _check_network(net_opt, where, problems, check_environment):
+def network_problems(net_opt, where='network_g', check_environment=True):
+    """(arch class or None, messages) for a ``network_g`` block: its type, its keys, and each value
+    against the choices and ranges the arch declares (``option_rules``, see ``uiqa_plugin.option_rules``)."""
     from basicsr.utils.registry import ARCH_REGISTRY
-    arch = registry_lookup(ARCH_REGISTRY, net_opt.get('type'))
+
+    from uiqa_plugin.option_rules import rule_problems
+    if not isinstance(net_opt, dict):
+        return None, [f'{where}: expected a mapping {{type: ARCH, ...}}, got {net_opt!r}']
+    if 'type' not in net_opt:
+        return None, [f'{where}.type: required (the arch, e.g. CLIPUIQA)']
+    arch = registry_lookup(ARCH_REGISTRY, net_opt['type'])
     if arch is None:
-        problems.append(_unknown_type(ARCH_REGISTRY, net_opt.get('type'), 'arch', where))
-        return None
+        return None, [_unknown_type(ARCH_REGISTRY, net_opt['type'], 'arch', where)]
+    problems = []
     _check_kwargs(arch, net_opt, where, net_opt['type'], problems)
+    problems += rule_problems(getattr(arch, 'option_rules', {}), net_opt, where)
     pretrained = net_opt.get('clip_pretrained')
-    if check_environment and isinstance(pretrained, str) and (pretrained.endswith(('.pt', '.pth', '.bin'))
-                                                              or '/' in pretrained):
+    if check_environment and looks_like_path(pretrained):
         if not osp.isfile(osp.expanduser(pretrained)):
             problems.append(f'{where}.clip_pretrained: file not found: {pretrained}')
+    return arch, problems
+
+
+def _check_network(net_opt, where, problems, check_environment):
+    arch, found = network_problems(net_opt, where, check_environment)
+    problems.extend(found)
     return arch
+
+
+def _transform_classes():
+    from uiqa_plugin.data.transforms import TRANSFORM_REGISTRY, CenterCrop, Fragment, Resize
+    return TRANSFORM_REGISTRY, {'image': Resize, 'fragments': Fragment, 'salient': CenterCrop, 'resize': Resize}
+
+
+def _transform_options_problems(cls, options, where, skip=('type',)):
+    from uiqa_plugin.option_rules import rule_problems
+    problems = []
+    _check_kwargs(cls, options, where, cls.__name__, problems, skip=skip)
+    return problems + rule_problems(getattr(cls, 'option_rules', {}), options, where)
+
+
+def preprocessing_problems(block, where):
+    """Messages for the preprocessing options of a dataset (or of a checkpoint's ``preprocessing``):
+    ``views`` (names and each view's options), ``resize`` and explicit ``transforms`` lists."""
+    if not isinstance(block, dict):
+        return [f'{where}: expected a mapping, got {block!r}'] if block is not None else []
+    registry, by_view = _transform_classes()
+    prefix = f'{where}.' if where else ''
+    problems = []
+    views = block.get('views')
+    if isinstance(views, (str, list, tuple)):
+        views = {v: {} for v in ([views] if isinstance(views, str) else views)} \
+            if all(isinstance(v, str) for v in ([views] if isinstance(views, str) else views)) else views
+    if isinstance(views, dict):
+        from uiqa_plugin.option_rules import did_you_mean
+        for name, options in views.items():
+            if name not in ('image', 'fragments', 'salient'):
+                problems.append(f'{prefix}views.{name}: unknown view (views are image, fragments, salient)' +
+                                did_you_mean(name, ('image', 'fragments', 'salient')))
+            elif options is not None and not isinstance(options, dict):
+                problems.append(f'{prefix}views.{name}: expected a mapping of options, got {options!r}')
+            elif options:
+                problems += _transform_options_problems(by_view[name], options, f'{prefix}views.{name}',
+                                                        skip=('type', 'source', 'name', 'keys'))
+    elif views is not None:
+        problems.append(f'{prefix}views: expected view names or a mapping {{view: options}}, got {views!r}')
+    if block.get('resize'):
+        problems += _transform_options_problems(by_view['resize'], block['resize'], f'{prefix}resize',
+                                                skip=('type', 'keys'))
+    specs = block.get('transforms')
+    if specs is not None and not isinstance(specs, list):
+        problems.append(f'{prefix}transforms: expected a list of {{type: TRANSFORM, ...}}, got {specs!r}')
+    for i, spec in enumerate(specs if isinstance(specs, list) else []):
+        at = f'{prefix}transforms[{i}]'
+        if not isinstance(spec, dict) or 'type' not in spec:
+            problems.append(f'{at}: expected a mapping with a "type" (a transform), got {spec!r}')
+            continue
+        cls = registry_lookup(registry, spec['type'])
+        if cls is None:
+            problems.append(_unknown_type(registry, spec['type'], 'transform', at))
+        else:
+            problems += _transform_options_problems(cls, spec, at)
+    return problems
+
+
+def check_checkpoint_options(ckpt, source, imports=None):
+    """The options a checkpoint carries (``network_g``, ``preprocessing``, ``view_options``), checked by the
+    same rules as an option file before any model is built; returns a copy of ``network_g``.
+
+    Raises OptionError naming ``source`` and each key. ``imports``: the user modules the checkpoint
+    names, for the message about an arch no module registered.
+    """
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from uiqa_plugin.user_modules import unknown_arch_message
+    net_opt = ckpt.get('network_g')
+    if isinstance(net_opt, dict) and isinstance(net_opt.get('type'), str) \
+            and registry_lookup(ARCH_REGISTRY, net_opt['type']) is None:  # the user's own: say what to import
+        raise OptionError(unknown_arch_message(source, net_opt['type'], imports))
+    _, problems = network_problems(net_opt, 'network_g', check_environment=False)
+    problems += preprocessing_problems(ckpt.get('preprocessing'), 'preprocessing')
+    if ckpt.get('view_options') is not None:
+        problems += preprocessing_problems({'views': ckpt['view_options']}, 'view_options')
+    if problems:
+        raise OptionError(f'{source}: the options stored in this checkpoint have {len(problems)} problem(s):\n  - ' +
+                          '\n  - '.join(problems))
+    return dict(ckpt['network_g'])
 
 
 def _dataset_normalizes(ds_opt):
@@ -192,14 +291,28 @@ def _dataset_normalizes(ds_opt):
     return ds_opt.get('mean', ()) is not None
 
 
+def _init_default(cls, name):
+    """Default of the __init__ argument ``name`` of a class, following **kwargs up the MRO (a subclass that
+    forwards **kwargs takes its parent's); ``inspect.Parameter.empty`` when no __init__ on the way names it."""
+    for klass in (inspect.getmro(cls) if inspect.isclass(cls) else ()):
+        if '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters
+        if name in params:
+            return params[name].default
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return inspect.Parameter.empty
+
+
 def _check_normalization(net_opt, arch, datasets, problems):
     """An arch that normalizes its inputs over a dataset that already did would normalize twice (and vice versa)."""
-    params = inspect.signature(arch).parameters if arch is not None and inspect.isclass(arch) else {}
-    if 'input_normalized' not in params:
+    default = _init_default(arch, 'input_normalized')
+    if default is inspect.Parameter.empty:
         return
     from basicsr.utils.registry import DATASET_REGISTRY
     from uiqa_plugin.data.base_iqa_dataset import BaseIQADataset
-    expects = net_opt.get('input_normalized', params['input_normalized'].default)
+    expects = net_opt.get('input_normalized', default)
     for phase, ds_opt in datasets.items():
         cls = registry_lookup(DATASET_REGISTRY, ds_opt.get('type')) if isinstance(ds_opt, dict) else None
         if not (inspect.isclass(cls) and issubclass(cls, BaseIQADataset)):
@@ -227,6 +340,7 @@ def _check_dataset(phase, ds_opt, problems, check_environment):
         problems.append(_unknown_type(DATASET_REGISTRY, ds_opt.get('type'), 'dataset', where))
     elif hasattr(cls, 'unknown_options'):
         problems.extend(f'{where}: {message}' for message in cls.unknown_options(ds_opt))
+        problems.extend(preprocessing_problems(ds_opt, where))
     for key, types in DATASET_COMMON.items():
         if key in ds_opt and not _is_type(ds_opt[key], types):
             problems.append(f'{where}.{key}: expected {_type_name(types)}, got {ds_opt[key]!r}')
@@ -421,8 +535,8 @@ def _check_image_metric(name, metric_opt, where, problems, check_environment):
     if check_environment:
         for key in ('checkpoint', 'clip_pretrained'):
             value = metric_opt.get(key)
-            if isinstance(value, str) and (key == 'checkpoint' or value.endswith(('.pt', '.pth', '.bin'))
-                                           or '/' in value) and not osp.isfile(osp.expanduser(value)):
+            if isinstance(value, str) and (key == 'checkpoint' or looks_like_path(value)) \
+                    and not osp.isfile(osp.expanduser(value)):
                 problems.append(f'{where}.{key}: file not found: {value}')
         if metric_opt.get('device') is not None:
             try:
@@ -474,13 +588,22 @@ def _check_num_gpu(opt, problems):
                             f"use num_gpu: auto (all there are, or the CPU) or {available}")
 
 
-def _import_user_modules(opt, problems):
+def _import_user_modules(opt, problems, run_imports=True):
+    """Import the modules of ``imports:`` (they register users' classes); with ``run_imports=False`` only
+    those already imported (named with ``--import``): a file that is only being checked runs no code."""
     if 'imports' not in opt:
         return
-    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    from uiqa_plugin.user_modules import IMPORTED, UserModuleError, import_user_modules, split_names
     imports = opt['imports']
     if not (isinstance(imports, str) or (isinstance(imports, list) and all(isinstance(i, str) for i in imports))):
         problems.append(f'imports: expected a module name or a list of them, got {imports!r}')
+        return
+    if not run_imports:
+        skipped = [name for name in split_names(imports) if name not in IMPORTED
+                   and osp.abspath(osp.expanduser(name)) not in IMPORTED]
+        if skipped:
+            problems.append(f'imports: {", ".join(skipped)} not imported: checking a file runs none of its code; '
+                            f'pass {" ".join("--import " + n for n in skipped)} to allow it')
         return
     try:
         import_user_modules(imports)
@@ -490,17 +613,18 @@ def _import_user_modules(opt, problems):
 
 # ----------------------------------------------------------------------------- entry points
 
-def validate_options(opt, is_train=True, source='options', check_environment=True):
+def validate_options(opt, is_train=True, source='options', check_environment=True, run_imports=True):
     """Check a loaded option dict; raises OptionError listing every problem.
 
-    Imports the modules of ``imports`` first (users' registered classes), then checks.
+    Imports the modules of ``imports`` first (users' registered classes), then checks; with
+    ``run_imports=False`` it imports none (a module not imported yet is a problem to report).
     ``check_environment=False`` skips file-existence and GPU checks (a recipe for another machine).
     """
     from basicsr.utils.registry import MODEL_REGISTRY
     problems = []
     if not isinstance(opt, dict):
         raise OptionError(f'{source}: the file must hold a mapping of options')
-    _import_user_modules(opt, problems)
+    _import_user_modules(opt, problems, run_imports)
     from_checkpoint = not is_train and isinstance(opt.get('path'), dict) and opt['path'].get('pretrain_network_g')
     for key in ('name', 'model_type', 'datasets', 'network_g'):
         if key not in opt and not (key == 'network_g' and from_checkpoint):  # test.py reads it from the checkpoint
@@ -554,8 +678,8 @@ def validate_options(opt, is_train=True, source='options', check_environment=Tru
     return opt
 
 
-def load_options(path, is_train=True, check_environment=True):
-    """Read and validate an option YAML."""
+def load_options(path, is_train=True, check_environment=True, run_imports=True):
+    """Read and validate an option YAML (``run_imports``: as for ``validate_options``)."""
     if not osp.isfile(path):
         raise OptionError(f'{path}: option file not found')
     with open(path, encoding='utf-8') as f:
@@ -563,7 +687,8 @@ def load_options(path, is_train=True, check_environment=True):
             opt = yaml.safe_load(f)
         except yaml.YAMLError as exc:
             raise OptionError(f'{path}: not valid YAML ({exc})') from exc
-    return validate_options(opt, is_train=is_train, source=path, check_environment=check_environment)
+    return validate_options(opt, is_train=is_train, source=path, check_environment=check_environment,
+                            run_imports=run_imports)
 
 
 def validate_option_file(argv, is_train=True):
@@ -600,25 +725,37 @@ def check_train_batches(dataset, dataset_opt, world_size=1):
                           f'0 iterations: use batch_size_per_gpu <= {per_rank} or more data')
 
 
+CLI_DESCRIPTION = """Validate option files, one line each, before any work starts.
+
+The modules a file lists under imports: are NOT imported (importing runs their code): name each
+with --import to allow it; without, the file is reported invalid and says which to pass."""
+
+
 def main(argv=None):
-    """``python -m uiqa_plugin.options [--portable] [--test] FILE...``: validate option files, one line each."""
+    """``python -m uiqa_plugin.options [--portable] [--import MODULE] FILE...``: validate option files."""
     import argparse
-    parser = argparse.ArgumentParser(prog='python -m uiqa_plugin.options', description=main.__doc__)
+    parser = argparse.ArgumentParser(prog='python -m uiqa_plugin.options', description=CLI_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('files', nargs='+')
     parser.add_argument('--portable', action='store_true',
                         help='skip checks of this machine (data and weight files, GPUs)')
-    parser.add_argument('--import', dest='imports', action='append', default=[], help='user module to import first')
+    parser.add_argument('--import', dest='imports', action='append', default=[], metavar='MODULE',
+                        help="import this module first (a dotted name or a .py file): it runs the module's code; "
+                             "the files' own imports: lists are imported only when named here")
     args = parser.parse_args(argv)
-    import uiqa_plugin  # noqa: F401
-    from uiqa_plugin.user_modules import import_user_modules
-    import_user_modules(args.imports)
+    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+    try:
+        import_user_modules(args.imports)
+    except UserModuleError as exc:
+        print(f'invalid --import: {exc}')
+        return 1
     failed = 0
     for path in args.files:
         try:
             with open(path, encoding='utf-8') as f:
                 raw = yaml.safe_load(f)
             is_train = isinstance(raw, dict) and isinstance(raw.get('train'), dict)
-            load_options(path, is_train=is_train, check_environment=not args.portable)
+            load_options(path, is_train=is_train, check_environment=not args.portable, run_imports=False)
             print(f'ok      {path}')
         except (OptionError, OSError, yaml.YAMLError) as exc:
             failed += 1

@@ -48,7 +48,7 @@ def register_preset(name, attribute_names):
     _PRESETS[name.lower()] = tuple(attribute_names)
 
 
-# Exact strings of the CLIP-IQA paper (SPEC.md 1); index 0 is the prompt that is scored.
+# Exact strings of the CLIP-IQA paper (Wang et al., AAAI 2023); index 0 is the prompt that is scored.
 _BUILTIN = [
     ('quality', ('Good photo.', 'Bad photo.'), 'overall technical quality', 'quality'),
     ('brightness', ('Bright photo.', 'Dark photo.'), 'higher = brighter', 'look'),
@@ -96,6 +96,17 @@ def list_presets():
     return dict(_PRESETS)
 
 
+class UnknownAttributeError(KeyError):
+    """An attribute name that is neither registered nor a preset; the message says what is known.
+
+    A KeyError for the callers that look attributes up like a mapping; ``str()`` is the sentence
+    itself (a plain KeyError would show it quoted, as a key).
+    """
+
+    def __str__(self):
+        return str(self.args[0]) if self.args else ''
+
+
 def get_attribute(name):
     try:
         return _ATTRIBUTES[name.lower()]
@@ -103,8 +114,9 @@ def get_attribute(name):
         import difflib
         close = difflib.get_close_matches(name.lower(), list(_ATTRIBUTES) + list(_PRESETS), n=3)
         hint = f' Did you mean {", ".join(close)}?' if close else ''
-        raise KeyError(f'unknown attribute {name!r}.{hint} Known attributes: {", ".join(sorted(_ATTRIBUTES))}; '
-                       f'presets: {", ".join(sorted(_PRESETS))}; or give a pair as "positive|negative".') from None
+        raise UnknownAttributeError(f'unknown attribute {name!r}.{hint} Known attributes: '
+                                    f'{", ".join(sorted(_ATTRIBUTES))}; presets: {", ".join(sorted(_PRESETS))}; '
+                                    'or give a pair as "positive|negative".') from None
 
 
 def _custom(spec):
@@ -119,7 +131,15 @@ def _split_specs(spec):
     (``'quality,"A vivid, bright photo.|A dull photo."'``); a list item holding '|' is one custom
     pair kept whole, so prompts that contain commas can be given either way."""
     if isinstance(spec, str):
-        fields = next(csv.reader([spec], skipinitialspace=True), [])
+        # one line of text: a line break would end the CSV record, other control characters are invisible
+        bad = sorted({repr(ch) for ch in spec if not ch.isprintable()})
+        if bad:
+            raise ValueError(f'attributes {spec!r}: prompts are one line of text; remove {", ".join(bad)}')
+        try:  # inside quotes, \" (or "") is a quote of the prompt itself
+            fields = next(csv.reader([spec], skipinitialspace=True, escapechar='\\', strict=True), [])
+        except csv.Error as exc:
+            raise ValueError(f'attributes {spec!r}: cannot be split into attributes ({exc}); put each pair that '
+                             'holds commas or quotes in double quotes, with \\" for a quote inside it') from None
         return [s.strip() for s in fields if s.strip()]
     out = []
     for item in spec:
@@ -164,7 +184,7 @@ def resolve_attributes(spec):
                 hint = _comma_hint(item, spec)
                 if not hint:
                     raise
-                raise KeyError(hint) from None
+                raise UnknownAttributeError(hint) from None
         for attr in attrs:
             if attr.name not in seen:
                 seen.add(attr.name)

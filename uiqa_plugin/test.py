@@ -2,7 +2,7 @@
 
     python uiqa_plugin/test.py -opt options/test_clipiqa_koniq.yml
 
-Writes dataset-level metrics to the log and predictions to results/<name>/.
+Writes dataset-level metrics to the log, predictions and per-image metrics to results/<name>/.
 """
 import os
 import sys
@@ -14,8 +14,10 @@ if __package__ in (None, ''):  # see train.py
 def main(argv=None):
     # Under torchrun, ``record`` hands a failing rank's error to torchrun's summary as the root cause.
     from torch.distributed.elastic.multiprocessing.errors import record
+    from uiqa_plugin.metrics.per_image import per_image_tables_for_test_runs
     from uiqa_plugin.runner import run_pipeline
-    record(run_pipeline)(is_train=False, argv=argv)
+    with per_image_tables_for_test_runs():  # results/<name>/<set>_metrics.csv: one row per image, every metric
+        record(run_pipeline)(is_train=False, argv=argv)
 
 
 if __name__ == '__main__':

@@ -20,8 +20,8 @@ import os
 import os.path as osp
 import sys
 
-__all__ = ['UserModuleError', 'import_user_modules', 'pop_import_args', 'import_from_argv', 'recorded_imports',
-           'unknown_arch_message']
+__all__ = ['UserModuleError', 'import_user_modules', 'split_names', 'pop_import_args', 'import_from_argv',
+           'recorded_imports', 'unknown_arch_message']
 
 #: modules imported in this process through ``import_user_modules`` (names or absolute .py paths)
 IMPORTED = []
@@ -31,7 +31,8 @@ class UserModuleError(ImportError):
     """A user module could not be imported; the message names it and the reason."""
 
 
-def _split(names):
+def split_names(names):
+    """A name, a list or comma-separated names -> list of names."""
     if names is None:
         return []
     if isinstance(names, str):
@@ -69,7 +70,7 @@ def import_user_modules(names):
     if os.getcwd() not in sys.path and '' not in sys.path:
         sys.path.append(os.getcwd())  # scripts run with their own folder first; users expect the working dir too
     modules = []
-    for name in _split(names):
+    for name in split_names(names):
         is_file = name.endswith('.py') or os.sep in name or '/' in name
         try:
             module = _import_file(name) if is_file else importlib.import_module(name)
@@ -93,11 +94,11 @@ def pop_import_args(argv):
         if arg == '--import':
             if i + 1 >= len(argv):
                 raise UserModuleError('--import needs a module name or a .py file')
-            names.extend(_split(argv[i + 1]))
+            names.extend(split_names(argv[i + 1]))
             i += 2
             continue
         if arg.startswith('--import='):
-            names.extend(_split(arg.split('=', 1)[1]))
+            names.extend(split_names(arg.split('=', 1)[1]))
         else:
             rest.append(arg)
         i += 1
@@ -117,7 +118,7 @@ def import_from_argv(argv):
 def recorded_imports(opt=None):
     """The user modules a checkpoint should name: ``opt['imports']`` and every ``--import`` of this process."""
     names = []
-    for name in _split((opt or {}).get('imports')) + IMPORTED:
+    for name in split_names((opt or {}).get('imports')) + IMPORTED:
         if name.endswith('.py') or '/' in name:
             name = osp.abspath(osp.expanduser(name))
         if name not in names:

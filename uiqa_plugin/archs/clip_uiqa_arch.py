@@ -1,6 +1,6 @@
 """CLIP-UIQA: each image seen in several formats through one frozen CLIP, views and pairs aggregated.
 
-Views (any subset, SPEC.md 3): ``image`` (the original, global aesthetics), ``fragments``
+Views (any subset, the three formats of the CLIP-UIQA study): ``image`` (the original, global aesthetics), ``fragments``
 (grid mini-patch mosaic, local distortions) and ``salient`` (centre patch, the subject).
 Each view goes through the image tower ONCE; the text features of all prompts are computed
 once per forward (learned context) or cached (fixed prompts). Per-view, per-attribute
@@ -14,12 +14,14 @@ import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from uiqa_plugin.archs.clip_options import CLIP_RULES, finetune_clip_problem, prompt_block
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.heads import QualityRegressor
 from uiqa_plugin.archs.prompt_learner import PromptLearner
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
+from uiqa_plugin.clip import check_pos_embed_mode, load_clip
 from uiqa_plugin.clip_precision import check_precision
+from uiqa_plugin.option_rules import Names, OneOf
 from uiqa_plugin.prompts import resolve_attributes
 
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -84,6 +86,17 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
     with a head, else (N, P) probabilities in [0, 1].
     """
 
+    #: choices and ranges of the options, checked before anything is built (``uiqa_plugin.option_rules``)
+    option_rules = {
+        **CLIP_RULES,
+        'views': Names(VIEW_NAMES),
+        'prompt': OneOf('learned', 'fixed'),
+        'prompt_opt': prompt_block(),
+        'aggregation': OneOf(*AGGREGATIONS),
+        'head': OneOf('auto', 'regressor', 'none'),
+        'finetune_clip': finetune_clip_problem,
+    }
+
     def __init__(self, views=VIEW_NAMES, attributes='quality', prompt='learned', prompt_opt=None,
                  aggregation='mean', head='auto', finetune_clip=(), clip_model='RN50', clip_pretrained='openai',
                  keep_pos_embed=False, input_normalized=True, quick_gelu=None, ensemble='mean_prob',
@@ -139,7 +152,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        # Fine-tuned CLIP parts keep their BatchNorm statistics: eval mode always (SPEC.md 2).
+        # Fine-tuned CLIP parts keep their BatchNorm statistics (RN towers), as CLIP-IQA+ keeps CLIP: eval mode always.
         self.clip_trainable.eval()
         return self
 
@@ -217,7 +230,7 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
 
 @ARCH_REGISTRY.register()
 class CLIPIQAPlus(CLIPUIQA):
-    """CLIP-IQA+: learned prompt context on the original image alone (SPEC.md 2).
+    """CLIP-IQA+ (Wang et al., AAAI 2023): learned prompt context on the original image alone.
 
     (N, 3, H, W) -> (N, 1): the learned probability of the first prompt with one attribute,
     the regressor's score over the P probabilities with several.

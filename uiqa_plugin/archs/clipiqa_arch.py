@@ -3,9 +3,10 @@ import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from uiqa_plugin.archs.clip_options import CLIP_RULES
 from uiqa_plugin.archs.clip_scoring import aggregate_phrasings, pair_logit_differences
 from uiqa_plugin.archs.shared_clip import SharedClipMixin
-from uiqa_plugin.clip_backbone import check_pos_embed_mode, load_clip
+from uiqa_plugin.clip import check_pos_embed_mode, load_clip
 from uiqa_plugin.clip_precision import check_precision
 from uiqa_plugin.prompts import resolve_attributes
 
@@ -24,12 +25,15 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         input_normalized: inputs are already CLIP-normalized (datasets that normalize); else RGB in [0, 1].
         ensemble: how phrasings of one attribute combine, ``mean_prob`` or ``mean_logit``.
         quick_gelu: CLIP's MLP activation; None picks it from the weights (QuickGELU for OpenAI's
-            and every RN50 weight set; see ``clip_backbone.resolve_quick_gelu``), True/False forces it.
+            and every RN50 weight set; see ``clip.pretrained.resolve_quick_gelu``), True/False forces it.
         precision: ``fp32`` (the reference), ``bf16`` or ``fp16`` (CUDA only) for the image tower's heavy
             layers; the attention pool, projections and probabilities stay fp32 (``uiqa_plugin.clip_precision``).
 
     forward: (N, 3, H, W), any H and W -> (N, P) probabilities in [0, 1], one column per attribute.
     """
+
+    #: choices and ranges of the options, checked before anything is built (``uiqa_plugin.option_rules``)
+    option_rules = CLIP_RULES
 
     def __init__(self, attributes='quality', clip_model='RN50', clip_pretrained='openai', keep_pos_embed=False,
                  input_normalized=False, ensemble='mean_prob', quick_gelu=None, precision='fp32'):

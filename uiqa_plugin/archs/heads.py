@@ -3,7 +3,7 @@ import torch.nn as nn
 
 
 class QualityRegressor(nn.Sequential):
-    """Linear(in, 128) - LeakyReLU(0.1) - Linear(128, 128) - LeakyReLU(0.1) - Linear(128, 1) (SPEC.md 2).
+    """Linear(in, 128) - LeakyReLU(0.1) - Linear(128, 128) - LeakyReLU(0.1) - Linear(128, 1), the CLIP-IQA+ head.
 
     (N, in_dim) -> (N, 1). Layer names linear_1..3 match the CLIP-IQA+ reference checkpoint.
     """

@@ -1,4 +1,4 @@
-"""Learned prompt context (CoOp), as CLIP-IQA+ trains it (SPEC.md 2).
+"""Learned prompt context (CoOp), as CLIP-IQA+ trains it: 16 vectors, N(0, 0.02), one per antonym pair.
 
 Each prompt becomes ``[SOS] <context> <class words> [EOT] pad`` in token-embedding space,
 the context vectors trainable, everything else CLIP's frozen token embeddings. The class

@@ -32,6 +32,7 @@ from torch.utils import data
 
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD, build_transforms, view_transform_specs
+from uiqa_plugin.terminal import printable
 
 PHASES = ('train', 'val', 'test')
 #: options every IQA dataset reads (besides ``extra_option_keys`` of each class)
@@ -143,6 +144,7 @@ class BaseIQADataset(data.Dataset):
         records = self.select_split(records)
         self.normalizer = self.build_normalizer()
         self.samples = [self.make_sample(r) for r in records]
+        self.warn_outside_dataroot()
         if opt.get('check_files', True):
             self.check_files()
         if not self.samples:
@@ -218,6 +220,19 @@ class BaseIQADataset(data.Dataset):
         path = osp.join(self.dataroot, record.name) if self.dataroot else record.name
         return {'key': record.name, 'path': path, 'target': self.normalizer.normalize(record.targets)}
 
+    def warn_outside_dataroot(self):
+        """Say when image names (absolute, or with '..') lead out of dataroot: read from there, but never silently."""
+        if not self.dataroot or self.io_backend_opt.get('type', 'disk') == 'lmdb':
+            return
+        root = osp.realpath(self.dataroot)
+        outside = [s['key'] for s in self.samples if osp.commonpath([root, osp.realpath(s['path'])]) != root]
+        if outside:
+            shown = ', '.join(repr(printable(k)) for k in outside[:3]) + (', ...' if len(outside) > 3 else '')
+            source = self.meta_file or 'the annotations'
+            warnings.warn(printable(f'{self.name}: {len(outside)} image name(s) in {source} '
+                                    f'lead outside dataroot {self.dataroot!r} and are read from there: {shown}'),
+                          stacklevel=2)
+
     def check_files(self):
         """Find missing images up front: error listing them, or drop them with one warning when skipping."""
         if self.io_backend_opt.get('type', 'disk') == 'lmdb':
@@ -229,7 +244,8 @@ class BaseIQADataset(data.Dataset):
         if not missing:
             return
         shown = ', '.join(repr(m) for m in missing[:5]) + (', ...' if len(missing) > 5 else '')
-        message = f'{self.name}: {len(missing)} of {len(self.samples)} images are missing in {where}: {shown}'
+        message = printable(f'{self.name}: {len(missing)} of {len(self.samples)} images are missing in {where}: '
+                            f'{shown}')
         if not self.skip_unreadable:
             raise FileNotFoundError(message + ' (set skip_unreadable: true to skip them)')
         warnings.warn(message + '; skipping them (skip_unreadable: true)', stacklevel=2)

@@ -150,14 +150,26 @@ def default_split_counts(n):
     return (n - val - test, val, test)
 
 
-def make_demo_dataset(out_dir='datasets/demo', size=(256, 192), levels=3, distortions=DISTORTIONS,
-                      sources=DEFAULT_SOURCES, split_counts=None, seed=0, image_folder='1024x768',
+def image_folder_name(size):
+    """The image subfolder for (width, height) images: ``'256x192'``."""
+    return f'{int(size[0])}x{int(size[1])}'
+
+
+#: the default image size (width, height) and the image folder of the default demo dataset
+DEMO_SIZE = (256, 192)
+DEMO_IMAGE_FOLDER = image_folder_name(DEMO_SIZE)
+
+
+def make_demo_dataset(out_dir='datasets/demo', size=DEMO_SIZE, levels=3, distortions=DISTORTIONS,
+                      sources=DEFAULT_SOURCES, split_counts=None, seed=0, image_folder=None,
                       image_format='jpg', jpeg_quality=95, progress=True):
     """Build the demo dataset; returns a summary dict.
 
     Args:
         out_dir: output folder; gets ``koniq10k_distributions_sets.csv`` and ``image_folder/``.
-        size: (width, height) of every image (KonIQ writes 1024x768 as width x height).
+        size: (width, height) of every image.
+        image_folder: name of the image subfolder; default ``WxH`` of ``size`` (``256x192``), named
+            for what it holds as KonIQ names its ``1024x768/``.
         levels: distortion levels per type (severity s = level / levels).
         distortions: subset of DISTORTIONS.
         sources: scikit-image sample names; each is one content.
@@ -178,7 +190,7 @@ def make_demo_dataset(out_dir='datasets/demo', size=(256, 192), levels=3, distor
         raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
     rng = np.random.default_rng(seed)
     assignment = split_sources(sources, split_counts or default_split_counts(len(sources)), rng)
-    image_dir = osp.join(out_dir, image_folder)
+    image_dir = osp.join(out_dir, image_folder or image_folder_name((width, height)))
     os.makedirs(image_dir, exist_ok=True)
 
     jobs = []

@@ -63,16 +63,41 @@ def _looks_like(buf):
     return f'unknown file signature {head[:8].hex(" ")}'
 
 
-def decode_pixels(buf, name='<bytes>'):
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the caller's budget; refused before its pixels are decoded."""
+
+
+def _check_budget(img, name, max_pixels, reduce_to):
+    """Refuse ``img`` (opened, not decoded) beyond ``max_pixels``, or have a JPEG decoded at a reduced scale.
+
+    reduce_to: (width, height) -> the smallest (width, height) the caller needs, for callers that
+    resize the image anyway; a JPEG is then decoded at 1/2, 1/4 or 1/8 scale, as large as needed.
+    """
+    width, height = img.size
+    if max_pixels is None or width * height <= max_pixels:
+        return
+    if reduce_to is not None and img.format == 'JPEG':
+        img.draft(img.mode, tuple(int(v) for v in reduce_to(width, height)))  # the scale keeps at least this size
+        if img.size[0] * img.size[1] <= max_pixels:
+            return
+    raise ImageTooLargeError(f'{name}: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels) is beyond the '
+                             f'budget of {max_pixels / 1e6:g} megapixels per image; not decoded (raise the budget, '
+                             'e.g. uiqa-score --max-megapixels, if the machine has the memory)')
+
+
+def decode_pixels(buf, name='<bytes>', max_pixels=None, reduce_to=None):
     """Decode encoded image bytes to the file's own samples, EXIF orientation applied.
 
     Returns an array (H, W) or (H, W, C) of uint8, uint16, int32 or float32, channels RGB(A)
     or gray(+alpha); ``decode_image`` turns it into RGB float. ``name`` is only used in errors.
+    max_pixels: refuse (``ImageTooLargeError``) images with more pixels before decoding them;
+    reduce_to: see ``_check_budget`` (large JPEGs decoded reduced instead of refused).
     """
     if not buf:
         raise ImageReadError(f'{name}: file is empty')
     try:
         with Image.open(io.BytesIO(buf)) as img:
+            _check_budget(img, name, max_pixels, reduce_to)
             fmt = img.format
             img = ImageOps.exif_transpose(img)
             mode = img.mode

@@ -13,6 +13,8 @@ import zipfile
 from collections import namedtuple
 from xml.etree import ElementTree
 
+from uiqa_plugin.terminal import printable
+
 Record = namedtuple('Record', ['name', 'targets', 'split', 'where'])
 Record.__doc__ = """One annotated image: name (relative path or key), targets (tuple of floats),
 split (str or None) and where (e.g. 'koniq.csv line 12', for messages)."""
@@ -55,12 +57,24 @@ def _column_index(header, name):
     return folded.index(key) if key in folded else None
 
 
+def describe_header(header):
+    """The columns of a header line for a message, or why they are not shown.
+
+    A file that is not a table (``meta_file: /etc/passwd``) must not have its first line printed:
+    column names are shown only when the line splits into several short cells.
+    """
+    if len(header) >= 2 and all(len(h) <= 64 for h in header):
+        return f'columns present: {header}'
+    return ("its first line does not split into columns at ',', ';' or tabs: is it an annotation table? "
+            '(its content is not shown)')
+
+
 def require_columns(path, header, names):
     """Indices of ``names`` in ``header``; raises naming the file, the missing and the present columns."""
     indices = [_column_index(header, n) for n in names]
     missing = [n for n, i in zip(names, indices) if i is None]
     if missing:
-        raise AnnotationError(f'{path}: missing column(s) {missing}; columns present: {header}')
+        raise AnnotationError(printable(f'{path}: missing column(s) {missing}; {describe_header(header)}'))
     return indices
 
 
@@ -117,7 +131,7 @@ def records_from_table(path, name_column, target_columns, split_column=None, nam
         split = row[split_idx] if split_idx is not None else None
         records.append(Record(image, targets, split, f'{base} line {line}'))
     if not records:
-        raise AnnotationError(f'{path}: no data rows under the header {header}')
+        raise AnnotationError(printable(f'{path}: no data rows under the header ({describe_header(header)})'))
     return records, [header[i] for i in target_idx]
 
 

@@ -27,10 +27,16 @@ from basicsr.utils.registry import Registry
 
 from uiqa_plugin.data.image_io import (ImageReadError, decode_pixels, image_to_tensor, pixels_to_rgb_float,
                                        pixels_to_rgb_uint8)
-from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic, image_size, resize, scaled_size
+from uiqa_plugin.data.image_ops import (INTERPOLATIONS, center_crop, fragment_mosaic, image_size, resize,
+                                       scaled_size)
+from uiqa_plugin.option_rules import Number, OneOf, Size
 
 TRANSFORM_REGISTRY = Registry('transform')
 
+#: longest side a view may be resized or cropped to: every view goes through CLIP's image tower whole,
+#: whose memory grows with the pixel count (a 60000 x 60000 view would need tens of GB)
+MAX_VIEW_SIDE = 4096
+_SIDE_WHY = f'views go through the image tower whole; sides up to {MAX_VIEW_SIDE} pixels'
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 VIEW_NAMES = ('image', 'fragments', 'salient')
@@ -131,6 +137,10 @@ class Resize:
     ``keys``: views to resize (default: all views present).
     """
 
+    option_rules = {'size': Size(MAX_VIEW_SIDE, _SIDE_WHY), 'short_side': Number(1, MAX_VIEW_SIDE, integer=True,
+                                                                                 why=_SIDE_WHY),
+                    'interpolation': OneOf(*INTERPOLATIONS)}
+
     def __init__(self, size=None, short_side=None, interpolation='bicubic', keys=None):
         if (size is None) == (short_side is None):
             raise ValueError(f'Resize needs exactly one of size or short_side, got size={size}, '
@@ -196,6 +206,10 @@ class Fragment:
     the image key, so the same image always gets the same mosaic, in any process.
     """
 
+    option_rules = {'grid': Number(1, 64, integer=True, why='cells per side of the mosaic'),
+                    'patch': Number(1, 512, integer=True, why='pixels per side of each cell patch'),
+                    'eval_offsets': OneOf('centre', 'center', 'seeded')}
+
     def __init__(self, grid=12, patch=32, source='image', name='fragments', eval_offsets='centre', train=True):
         if eval_offsets not in ('centre', 'center', 'seeded'):
             raise ValueError(f"Fragment eval_offsets must be 'centre' or 'seeded', got {eval_offsets!r}")
@@ -222,6 +236,8 @@ class CenterCrop:
 
     Images smaller than the crop are upsampled bilinearly first (aspect kept).
     """
+
+    option_rules = {'size': Size(MAX_VIEW_SIDE, _SIDE_WHY)}
 
     def __init__(self, size=448, source='image', name='salient'):
         self.size, self.source, self.name = size, source, name
@@ -399,3 +415,38 @@ def view_transform_specs(views=None, train=False, io_backend=None, resize=None, 
     specs.append({'type': 'Normalize', 'mean': mean, 'std': std, 'keys': names})
     specs.append({'type': 'Collect', 'keys': names})
     return specs
+
+
+def evaluation_transform_specs(model):
+    """The evaluation transform chain (a list of transform dicts) that turns an image file into ``model``'s views.
+
+    For a trained model, the preprocessing stored in its checkpoint (the validation dataset's
+    ``resize``, ``views``, ``mean``/``std`` or explicit ``transforms``), read from disk; else the
+    model's views with CLIP's normalization when it expects normalized input. The chain starts
+    with ``LoadImage`` and ends with ``Normalize`` (possibly a no-op) and ``Collect``.
+    """
+    inner = getattr(model, 'metric', model)  # uiqa-profile's scorer wraps a metric
+    pre = getattr(model, 'preprocessing', None) or getattr(inner, 'preprocessing', None)
+    names = list(getattr(model, 'views', None) or getattr(inner, 'views', None) or ['image'])
+    if pre and pre.get('transforms'):
+        specs = [dict(s) for s in pre['transforms']]
+        if specs[0].get('type') != 'LoadImage':
+            specs.insert(0, {'type': 'LoadImage'})
+        if specs[-1].get('type') != 'Collect':
+            specs.append({'type': 'Collect'})
+        for spec in specs:
+            if spec.get('type') == 'LoadImage':
+                spec['io_backend'] = None  # files on disk, whatever the training read from
+        return specs
+    if pre:
+        return view_transform_specs(pre.get('views') or names, train=False, resize=pre.get('resize'),
+                                    mean=pre.get('mean'), std=pre.get('std'))
+    views = getattr(model, 'view_options', None) or getattr(inner, 'view_options', None) or names
+    normalized = getattr(model, 'input_normalized', getattr(inner, 'input_normalized', False))
+    return view_transform_specs(views, train=False, mean=CLIP_MEAN if normalized else None,
+                                std=CLIP_STD if normalized else None)
+
+
+def view_pipeline(model):
+    """The evaluation transform (a callable on samples) that turns an image file into the views ``model`` takes."""
+    return build_transforms(evaluation_transform_specs(model), train=False)

@@ -19,9 +19,14 @@ Channels are BGR as BasicSR writes them (``channel_order: RGB`` for arrays from 
 replicated to three channels because CLIP only takes colour images; a grey input is
 replicated the same way.
 
+Images are turned into the model's views as ``uiqa-score`` turns a file into them
+(``uiqa_plugin.scoring.loader``): an output whose side is below the smallest the CLIP image
+tower takes (after ``crop_border``) is upscaled, aspect kept, instead of failing.
+
 Models are built once per process, options and device (``_MODELS``): a validation over
 100 images builds CLIP once, and the shared frozen CLIP of ``load_clip`` is reused by every
-metric on the same weights.
+metric on the same weights. The image-tower features of the last few images are kept
+(``tower_cache``): N ``calculate_clipiqa`` entries on one CLIP cost one tower pass per image.
 """
 import threading
 
@@ -29,11 +34,16 @@ import numpy as np
 import torch
 
 from basicsr.utils.registry import METRIC_REGISTRY
+from uiqa_plugin.data.device_input import DeviceInput
+from uiqa_plugin.data.image_ops import upsample_to_min
+from uiqa_plugin.metrics.tower_cache import TowerFeatureCache
+from uiqa_plugin.scoring.loader import ScoreImages, model_minimum_side
 
 __all__ = ['calculate_clipiqa', 'calculate_uiqa_checkpoint', 'image_to_rgb', 'clear_model_cache']
 
 _MODELS = {}
 _LOCK = threading.Lock()
+_TOWER_FEATURES = TowerFeatureCache(size=16)  # a handful of images: BasicSR calls the entries of one image in a row
 
 
 def _freeze(value):
@@ -51,9 +61,9 @@ def _device(device):
 
 
 def cached_model(kind, build, device, **options):
-    """The (model, pipeline) pair for ``kind`` and ``options`` on ``device``, built on first use.
+    """The (model, views) pair for ``kind`` and ``options`` on ``device``, built on first use.
 
-    build(device, **options) -> (model in eval mode on device, view pipeline without its loader).
+    build(device, **options) -> (model in eval mode on device, ``ArrayViews`` of the model).
     The lock makes two threads that ask at once share one build.
     """
     key = (kind, str(device), _freeze(options))
@@ -64,9 +74,10 @@ def cached_model(kind, build, device, **options):
 
 
 def clear_model_cache():
-    """Forget the built metric models (tests; frees memory)."""
+    """Forget the built metric models and cached image features (tests; frees memory)."""
     with _LOCK:
         _MODELS.clear()
+    _TOWER_FEATURES.clear()
 
 
 def image_to_rgb(img, crop_border=0, input_order='HWC', test_y_channel=False, channel_order='BGR', max_value=None):
@@ -108,23 +119,54 @@ def _reject_unknown(name, kwargs):
         raise TypeError(f'{name}: unexpected option(s) {unknown}; see help(uiqa_plugin.metrics.clipiqa_metric.{name})')
 
 
-def _loader_free_pipeline(model):
-    """The model's evaluation views (api.view_pipeline) without the file reader: we hold the pixels."""
-    from uiqa_plugin.api import view_pipeline
-    from uiqa_plugin.data.transforms import Compose, LoadImage
-    pipeline = view_pipeline(model)
-    if not pipeline.transforms or not isinstance(pipeline.transforms[0], LoadImage):
-        raise RuntimeError(f'expected the view pipeline to start with LoadImage, got {pipeline!r}')
-    return Compose(pipeline.transforms[1:])
+class ArrayViews:
+    """An RGB float image in memory -> the model's input views, built as uiqa-score builds them from a file.
+
+    The same evaluation transforms (``api.evaluation_transform_specs``, without the file reader),
+    the same upscaling of views below the CLIP image tower's minimum side, the same normalization
+    on the device (``DeviceInput``) as ``scoring.loader.iter_scores``.
+    """
+
+    def __init__(self, model, device):
+        from uiqa_plugin.api import evaluation_transform_specs
+        specs = evaluation_transform_specs(model)
+        # ScoreImages parses the chain (host transforms, view names) exactly as uiqa-score does
+        self.host = ScoreImages([], min_side=model_minimum_side(model), specs=specs)
+        normalize = next((s for s in specs if s.get('type') == 'Normalize'), {})
+        self.to_input = DeviceInput(device, normalize.get('mean'), normalize.get('std'))
+        self.device = device
+
+    @property
+    def names(self):
+        return self.host.names
+
+    def pixels(self, rgb):
+        """rgb: float32 (H, W, 3) in [0, 1] -> {view: float32 (h, w, 3) in [0, 1]}, upscaled where too small."""
+        sample = {'key': 'image', 'path': 'image', 'target': [], 'views': {'image': rgb}}
+        views = self.host.transforms(sample)['views']
+        return {name: upsample_to_min(views[name], self.host.min_side, interpolation='bicubic')
+                for name in self.host.names}
+
+    def to_model(self, view):
+        """One view from ``pixels`` -> the model's (1, 3, h, w) float32 input on the device."""
+        x = torch.from_numpy(np.ascontiguousarray(view.transpose(2, 0, 1), dtype=np.float32))[None]
+        return self.to_input.convert(x.to(self.device))
 
 
 @torch.no_grad()
-def _score(model, pipeline, device, rgb, column=0):
-    sample = pipeline({'key': 'image', 'path': 'image', 'target': [], 'views': {'image': rgb}})
-    views = list(getattr(model, 'views', ['image']))
-    inputs = {v: sample[v][None].to(device) for v in views}
-    out = model(inputs if len(views) > 1 else inputs[views[0]])
+def _score(model, views, rgb, column=0):
+    pixels = views.pixels(rgb)
+    inputs = {name: views.to_model(view) for name, view in pixels.items()}
+    out = model(inputs if len(inputs) > 1 else inputs[views.names[0]])
     return float(out[0, column])
+
+
+@torch.no_grad()
+def _score_zero_shot(model, views, rgb):
+    """CLIPIQA's forward split at the image features, which every CLIP-IQA entry on this tower shares."""
+    image = views.pixels(rgb)['image']
+    features = _TOWER_FEATURES.features(model, image, lambda: model.encode_images(views.to_model(image)))
+    return float(model.scores_from_features(features)[0, 0])
 
 
 def _build_clipiqa(device, **options):
@@ -134,13 +176,14 @@ def _build_clipiqa(device, **options):
         raise ValueError(f'calculate_clipiqa: attributes {options.get("attributes")!r} give '
                          f'{len(model.attribute_names)} scores {model.attribute_names}; BasicSR averages one number '
                          'per metric: add one val.metrics entry per attribute')
-    return model, _loader_free_pipeline(model)
+    return model, ArrayViews(model, device)
 
 
 @METRIC_REGISTRY.register()
 def calculate_clipiqa(img, img2=None, crop_border=0, input_order='HWC', test_y_channel=False, attributes='quality',
                       clip_model='RN50', clip_pretrained='openai', keep_pos_embed=False, quick_gelu=None,
-                      ensemble='mean_prob', channel_order='BGR', max_value=None, device=None, **kwargs):
+                      ensemble='mean_prob', precision='fp32', channel_order='BGR', max_value=None, device=None,
+                      **kwargs):
     """Zero-shot CLIP-IQA of one image (no reference: ``img2`` is ignored), a float in [0, 1].
 
     Args:
@@ -148,23 +191,28 @@ def calculate_clipiqa(img, img2=None, crop_border=0, input_order='HWC', test_y_c
         crop_border, input_order, test_y_channel: as in BasicSR's ``calculate_psnr``; Y is
             replicated to three channels.
         attributes: ONE attribute (name or ``"positive|negative"`` pair); one metric entry per attribute.
-        clip_model, clip_pretrained, keep_pos_embed, quick_gelu, ensemble: as ``CLIPIQA``.
+            Entries that differ only in attributes or ``ensemble`` share one image-tower pass per image.
+        clip_model, clip_pretrained, keep_pos_embed, quick_gelu: as ``CLIPIQA``.
+        ensemble: how the phrasings of an attribute with several prompt pairs combine: 'mean_prob'
+            (average of the pairs' probabilities, default) or 'mean_logit' (sigmoid of the mean logit difference).
+        precision: 'fp32' (default, the reference numbers), 'fp32-fused', 'bf16' or 'fp16' (CUDA only)
+            for the image tower, as ``create_metric``.
         channel_order: 'BGR' (BasicSR) or 'RGB'. max_value: white level (default 255; 65535 for uint16).
         device: where CLIP runs (default cuda if available); kwargs (``better``...) are ignored.
     """
     _reject_unknown('calculate_clipiqa', kwargs)
     device = _device(device)
-    model, pipeline = cached_model('clipiqa', _build_clipiqa, device, attributes=attributes, clip_model=clip_model,
-                                   clip_pretrained=clip_pretrained, keep_pos_embed=keep_pos_embed,
-                                   quick_gelu=quick_gelu, ensemble=ensemble)
+    model, views = cached_model('clipiqa', _build_clipiqa, device, attributes=attributes, clip_model=clip_model,
+                                clip_pretrained=clip_pretrained, keep_pos_embed=keep_pos_embed,
+                                quick_gelu=quick_gelu, ensemble=ensemble, precision=precision)
     rgb = image_to_rgb(img, crop_border, input_order, test_y_channel, channel_order, max_value)
-    return _score(model, pipeline, device, rgb)
+    return _score_zero_shot(model, views, rgb)
 
 
 def _build_checkpoint_model(device, checkpoint, clip_model=None, clip_pretrained=None):
     from uiqa_plugin.api import load_trained_model
     model = load_trained_model(checkpoint, device=device, clip_model=clip_model, clip_pretrained=clip_pretrained)
-    return model, _loader_free_pipeline(model)
+    return model, ArrayViews(model, device)
 
 
 @METRIC_REGISTRY.register()
@@ -183,7 +231,7 @@ def calculate_uiqa_checkpoint(img, img2=None, checkpoint=None, crop_border=0, in
     if not checkpoint:
         raise ValueError('calculate_uiqa_checkpoint: give checkpoint: PATH (a net_g_*.pth of IQAModel)')
     device = _device(device)
-    model, pipeline = cached_model('checkpoint', _build_checkpoint_model, device, checkpoint=checkpoint,
+    model, views = cached_model('checkpoint', _build_checkpoint_model, device, checkpoint=checkpoint,
                                    clip_model=clip_model, clip_pretrained=clip_pretrained)
     from uiqa_plugin.api import output_names
     names = output_names(model)
@@ -194,7 +242,7 @@ def calculate_uiqa_checkpoint(img, img2=None, checkpoint=None, crop_border=0, in
     elif not 0 <= output < len(names):
         raise ValueError(f'calculate_uiqa_checkpoint: output {output} out of range for outputs {names}')
     rgb = image_to_rgb(img, crop_border, input_order, test_y_channel, channel_order, max_value)
-    return _score(model, pipeline, device, rgb, column=output)
+    return _score(model, views, rgb, column=output)
 
 
 # What option validation accepts for these metrics besides their arguments: BasicSR's own keys.

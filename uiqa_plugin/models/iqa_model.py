@@ -15,7 +15,6 @@ Differences from BasicSR's SRModel, each for a reason:
 - test options may leave ``network_g`` out: the checkpoint's own arch options build it.
 """
 import contextlib
-import csv
 import inspect
 import os
 import os.path as osp
@@ -31,10 +30,11 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from uiqa_plugin.checkpoint_io import CheckpointReadError, load_checkpoint, save_checkpoint
+from uiqa_plugin.checkpoint_io import TRUST_HINT, CheckpointReadError, load_checkpoint, looks_like_path, save_checkpoint
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import compute_metrics
+from uiqa_plugin.models.prediction_table import validation_table, write_table
 from uiqa_plugin.optim import build_optimizer, build_scheduler
 from uiqa_plugin.user_modules import recorded_imports
 
@@ -53,12 +53,6 @@ def gather_objects(obj):
 
 #: arch options that name CLIP weights; stored as absolute paths when they are files
 CLIP_PATH_KEYS = ('clip_model', 'clip_pretrained')
-TRUST_HINT = '--trust-checkpoint (or path.trust_checkpoint: true in the option file)'
-
-
-def looks_like_path(value):
-    return isinstance(value, str) and ('/' in value or os.sep in value or
-                                       value.endswith(('.json', '.pt', '.pth', '.bin', '.safetensors')))
 
 
 def absolute_clip_paths(net_opt):
@@ -403,27 +397,8 @@ class IQAModel(BaseModel):
 
     def _save_predictions(self, dataset, dataset_name, current_iter):
         folder = self.opt['path'].get('results_root') or self.opt['path'].get('visualization') or '.'
-        os.makedirs(folder, exist_ok=True)
         path = osp.join(folder, f'{dataset_name}_predictions_{current_iter}.csv')
-        denorm = getattr(dataset, 'denormalize', None)
-        preds = self.val_preds.numpy()
-        with open(path, 'w', newline='', encoding='utf-8') as f:
-            writer = csv.writer(f)
-            header = ['key'] + [f'pred_{i}' for i in range(preds.shape[1])]
-            if denorm is not None:
-                header += [f'pred_{i}_original_scale' for i in range(preds.shape[1])]
-            if self.val_targets is not None:
-                header += [f'target_{i}' for i in range(self.val_targets.shape[1])]
-            writer.writerow(header)
-            original = denorm(preds) if denorm is not None else None
-            for i, key in enumerate(self.val_keys):
-                row = [key] + [f'{v:.6f}' for v in preds[i]]
-                if original is not None:
-                    row += [f'{v:.6f}' for v in original[i]]
-                if self.val_targets is not None:
-                    row += [f'{v:.6f}' for v in self.val_targets[i].tolist()]
-                writer.writerow(row)
-        self.predictions_path = path
+        self.predictions_path = write_table(path, *validation_table(self, dataset))
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         lines = [f'Validation {dataset_name} ({len(self.val_keys)} images)']

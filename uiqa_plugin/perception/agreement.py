@@ -3,6 +3,7 @@
 The metric math lives in ``uiqa_plugin.metrics.iqa_metric``; this module pairs scores with
 ratings per attribute and lays the results out as a table (one row per attribute).
 """
+import os.path as osp
 import warnings
 
 import numpy as np
@@ -66,9 +67,12 @@ def table_columns(with_intervals=True):
     return columns
 
 
-def plot_agreement(rows, path=None, title='Agreement with human ratings', confidence=0.95):
+def plot_agreement(rows, path=None, title='Agreement with human ratings', confidence=0.95, caption=None):
     """Bar chart of the agreement table: PLCC/SRCC/KRCC per attribute (top), 2AFC accuracy (bottom),
-    with bootstrap intervals as error bars. Saves to ``path`` (PNG/SVG/PDF by suffix) if given; returns the Figure."""
+    with bootstrap intervals as error bars. Saves to ``path`` (PNG/SVG/PDF by suffix) if given; returns the Figure.
+
+    caption: a line under the chart (e.g. that the scores come from random weights). Names and the
+    title are drawn as written (a '$' is not math)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -104,9 +108,14 @@ def plot_agreement(rows, path=None, title='Agreement with human ratings', confid
     bottom.set_ylabel('2AFC accuracy')
     bottom.set_xticks(x)
     rotate = len(names) > 5 or max((len(n) for n in names), default=0) > 12
-    bottom.set_xticklabels(names, rotation=35 if rotate else 0, ha='right' if rotate else 'center')
-    figure.suptitle(f'{title} (error bars: {confidence:.0%} bootstrap intervals)', fontsize=11)
+    bottom.set_xticklabels(names, rotation=35 if rotate else 0, ha='right' if rotate else 'center',
+                           parse_math=False)
+    figure.suptitle(f'{title} (error bars: {confidence:.0%} bootstrap intervals)', fontsize=11, parse_math=False)
     figure.tight_layout()
+    if caption:
+        figure.subplots_adjust(bottom=0.2 if rotate else 0.12)
+        figure.text(0.5, 0.01, caption, ha='center', va='bottom', fontsize=10, color='#b00000', weight='bold',
+                    parse_math=False)
     if path:
         import os
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -114,35 +123,59 @@ def plot_agreement(rows, path=None, title='Agreement with human ratings', confid
     return figure
 
 
-def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, batch_size=1, progress=True):
+def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, batch_size=1, progress=True,
+                     strict=True, scores=None):
     """Score the rated images with ``metric`` and compare with the human ratings.
 
     metric: e.g. ``create_metric(ratings.attribute_names)``; each of its attributes is paired with the
         ratings column of the same name, or of its base name (``happy@ensemble`` -> ``happy``), so one
         metric can compare the paper's pair with its ensemble on the same ratings.
     ratings: ``read_ratings(...)``; inputs: the image folder(s), see ``match_images``.
-    Returns (agreement rows, score rows [{'path', attribute: score}] in ratings order).
+    strict: a rated image missing from the folder (or from ``scores``) stops the run (RatingsError);
+        else it is left out and named in ``skipped``.
+    scores: (rows, attribute names) of an existing score table (``read_score_table``) to compare instead
+        of scoring; ``metric`` may then be None.
+    Returns (agreement rows, score rows [{'path', attribute: score}] in ratings order, skipped rows' names).
     """
-    from uiqa_plugin.api import score_paths
     from uiqa_plugin.perception.ensembles import base_name
-    from uiqa_plugin.perception.ratings import match_images
+    from uiqa_plugin.perception.ratings import RatingsError, match_images, missing_rows
 
+    names = list(scores[1]) if scores is not None else list(metric.attribute_names)
     targets = {}
-    for name in metric.attribute_names:
+    for name in names:
         for key in (name, base_name(name)):
             if key in ratings.values:
                 targets[name] = ratings.values[key]
                 break
     unscored = [a for a in ratings.values if a not in targets and not any(base_name(n) == a for n in targets)]
     if unscored:
-        raise KeyError(f'{ratings.path}: the metric does not score the rated attribute(s) {", ".join(unscored)}')
+        raise KeyError(f'{ratings.path}: the {"table" if scores is not None else "metric"} does not score the rated '
+                       f'attribute(s) {", ".join(unscored)}')
     if not targets:
-        raise KeyError(f'{ratings.path}: none of the metric attributes ({", ".join(metric.attribute_names)}) '
-                       'has a ratings column')
-    paths = match_images(ratings, inputs)
-    result = score_paths(metric, paths, batch_size=batch_size, strict=True, progress=progress)
-    scores = {name: np.array([row[name] for row in result.rows]) for name in targets}
-    rows = agreement_table(scores, targets, n_boot=n_boot, alpha=alpha, seed=seed, progress=progress)
+        raise KeyError(f'{ratings.path}: none of the attributes ({", ".join(names)}) has a ratings column')
+    paths = match_images(ratings, inputs, skip_missing=not strict)
+    skipped = missing_rows(ratings, paths)
+    if scores is not None:
+        by_file = {osp.realpath(row['path']): row for row in scores[0]}
+        for n, path in enumerate(paths):
+            if path is not None and osp.realpath(path) not in by_file:
+                if strict:
+                    raise RatingsError(f'{ratings.path}: row {n + 1} {ratings.images[n]!r} ({path}) has no row in '
+                                       'the scores table')
+                skipped.append(f'row {n + 1} (line {ratings.lines[n]}) {ratings.images[n]!r}: not in the scores table')
+                paths[n] = None
+        score_rows = [dict(by_file[osp.realpath(p)], path=p) for p in paths if p is not None]
+    else:
+        from uiqa_plugin.api import score_paths
+        result = score_paths(metric, [p for p in paths if p is not None], batch_size=batch_size, strict=True,
+                             progress=progress)
+        score_rows = result.rows
+    kept = np.array([p is not None for p in paths])
+    if not kept.any():
+        raise RatingsError(f'{ratings.path}: none of the rated images was found')
+    values = {name: np.array([row[name] for row in score_rows]) for name in targets}
+    rows = agreement_table(values, {k: v[kept] for k, v in targets.items()}, n_boot=n_boot, alpha=alpha, seed=seed,
+                           progress=progress)
     for row in rows:
         row['column'] = ratings.sources.get(row['attribute'], ratings.sources.get(base_name(row['attribute'])))
-    return rows, result.rows
+    return rows, score_rows, skipped

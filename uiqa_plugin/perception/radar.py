@@ -21,6 +21,8 @@ SERIES_COLORS = ('#0072B2', '#E69F00', '#009E73', '#CC79A7', '#D55E00', '#56B4E9
 # len(SERIES_COLORS) * 4 = 48 series all look different.
 SERIES_LINESTYLES = ('-', '--', ':', '-.')
 SERIES_MARKERS = ('o', 's', '^', 'D')
+#: distance (points) between the outer ring and the attribute names
+LABEL_PAD = 22
 
 
 def series_color(index):
@@ -63,7 +65,8 @@ def _as_series(series, num_attributes):
     return out
 
 
-def radar_chart(series, attribute_names, images=None, title=None, fill=True, figsize=None, dpi=100):
+def radar_chart(series, attribute_names, images=None, title=None, fill=True, figsize=None, dpi=100, caption=None,
+                show_values=None):
     """Build a radar chart.
 
     series: list of (label, scores) or bare score sequences; each scores has one value per attribute
@@ -71,6 +74,9 @@ def radar_chart(series, attribute_names, images=None, title=None, fill=True, fig
     attribute_names: the P axis names, clockwise from the top.
     images: optional list of RGB arrays (H, W, 3) in [0, 1] or uint8, shown beside the chart with a
         border in their series' colour (one image for several models, or one per series).
+    caption: a line under the chart (e.g. that the scores come from random weights).
+    show_values: write each score next to its point (default: with at most two series).
+    Every text (names, labels, title) is drawn as written: a '$' in a file name is not math.
     Returns a ``RadarChart``; the plotted radii are ``chart.series`` and the Axes' lines.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -99,24 +105,37 @@ def radar_chart(series, attribute_names, images=None, title=None, fill=True, fig
     ax.set_theta_direction(-1)       # clockwise, like reading a clock
     ax.set_ylim(0.0, 1.0)
     ax.set_yticks([0.25, 0.5, 0.75, 1.0])
-    ax.set_yticklabels(['0.25', '0.5', '0.75', '1'], fontsize=7, color='#666666')
+    # ring labels: readable, on a white box, above the filled polygons
+    ax.set_yticklabels(['0.25', '0.5', '0.75', '1'], fontsize=8, color='#444444', zorder=5,
+                       bbox={'boxstyle': 'round,pad=0.15', 'facecolor': 'white', 'edgecolor': 'none', 'alpha': 0.8})
     ax.set_rlabel_position(180.0 / len(names))  # between the first two axes, away from the data labels
     ax.set_xticks(angles)
-    ax.set_xticklabels([attribute_label(n) for n in names], fontsize=9)
-    ax.tick_params(axis='x', pad=10)
+    ax.set_xticklabels([attribute_label(n) for n in names], fontsize=9, parse_math=False)
+    ax.tick_params(axis='x', pad=LABEL_PAD)  # clear of the outer ring, whatever the label's angle
     ax.grid(color='#cccccc', linewidth=0.8)
 
     closed = np.append(angles, angles[0])
+    show_values = len(data) <= 2 if show_values is None else show_values
     for index, (label, radii) in enumerate(data):
         style = series_style(index)
         shown = np.clip(radii, 0.0, 1.0)
         ax.plot(closed, np.append(shown, shown[0]), linewidth=2.0, markersize=4, label=label, **style)
         if fill:
             ax.fill(closed, np.append(shown, shown[0]), color=style['color'], alpha=0.12)
+        if show_values:
+            for angle, value, radius in zip(angles, radii, shown):
+                ax.text(angle, min(radius + 0.09, 1.04), f'{value:.2f}', fontsize=7, color=style['color'],
+                        ha='center', va='center', zorder=6, parse_math=False,
+                        bbox={'boxstyle': 'round,pad=0.1', 'facecolor': 'white', 'edgecolor': 'none', 'alpha': 0.7})
     if len(data) > 1:
-        ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.12), fontsize=8, frameon=False)
+        legend = ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.12), fontsize=8, frameon=False)
+        for text in legend.get_texts():
+            text.set_parse_math(False)
     if title:
-        figure.suptitle(title, fontsize=11)
+        figure.suptitle(title, fontsize=11, parse_math=False)
+    if caption:
+        figure.text(0.5, 0.01, caption, ha='center', va='bottom', fontsize=10, color='#b00000', weight='bold',
+                    parse_math=False)
 
     image_axes = []
     for index, image in enumerate(images):

@@ -2,7 +2,7 @@
 
 A ratings file has one row per image: an image column (file name, path or number) and one
 numeric column per attribute, in any range, e.g. the CLIP-UIQA study's hand ratings
-(``image number,natural,happy,aesthetics,new,complex,scary`` in 0..1, SPEC.md 5). Column names
+(``image number,natural,happy,aesthetics,new,complex,scary`` in 0..1, steps of 0.1). Column names
 map to attribute names with ``column_map`` (``{'aesthetics': 'aesthetic'}``).
 
 Every problem raises ``RatingsError`` naming the file, and the row / column / image at fault.
@@ -158,12 +158,13 @@ def _integer_key(text):
     return int(value) if math.isfinite(value) and value == int(value) and value >= 0 else None
 
 
-def match_images(ratings, inputs):
+def match_images(ratings, inputs, skip_missing=False):
     """Find the file of every rated image in ``inputs`` (folders, files, patterns).
 
     An image entry matches a file by relative path, file name, file stem, or number
     (``7`` matches ``7.jpg`` or ``007.png``). Returns the list of paths in ratings order.
-    Raises RatingsError listing the rows whose image is missing or ambiguous.
+    Raises RatingsError listing the rows whose image is missing or ambiguous; with ``skip_missing``
+    a missing image is None in the list instead (``missing_rows`` names them), ambiguity still raises.
     """
     inputs = [os.fspath(inputs)] if isinstance(inputs, (str, os.PathLike)) else [os.fspath(i) for i in inputs]
     paths, problems = collect_image_paths(inputs)
@@ -201,6 +202,8 @@ def match_images(ratings, inputs):
         found = next((keys[k] for k in candidates if k in keys), None)
         if found is None:
             missing.append(f'row {number} (line {line}) {image!r}')
+            if skip_missing:
+                matched.append(None)
         elif len(found) > 1:
             ambiguous.append(f'row {number} (line {line}) {image!r} matches {", ".join(found)}')
         elif found[0] in used:
@@ -210,7 +213,7 @@ def match_images(ratings, inputs):
             used[found[0]] = number
             matched.append(found[0])
     where = ', '.join(map(str, inputs))
-    if missing:
+    if missing and not skip_missing:
         examples = ', '.join(osp.basename(p) for p in paths[:3])
         shown = '; '.join(missing[:10]) + (f'; and {len(missing) - 10} more' if len(missing) > 10 else '')
         raise RatingsError(f'{ratings.path}: {len(missing)} rated image(s) not found in {where}: {shown} '
@@ -218,3 +221,9 @@ def match_images(ratings, inputs):
     if ambiguous:
         raise RatingsError(f'{ratings.path}: ambiguous image entries in {where}: ' + '; '.join(ambiguous[:10]))
     return matched
+
+
+def missing_rows(ratings, paths):
+    """'row N (line L) 'image'' for each rated image that ``match_images(..., skip_missing=True)`` did not find."""
+    return [f'row {n} (line {line}) {image!r}'
+            for n, (image, line, path) in enumerate(zip(ratings.images, ratings.lines, paths), start=1) if path is None]

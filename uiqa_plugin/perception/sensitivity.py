@@ -90,3 +90,17 @@ def sensitivity_tables(phrasing_scores):
             'spread': float((scores.max(axis=1) - scores.min(axis=1)).mean()) if scores.size else float('nan'),
         })
     return per_phrasing, per_attribute
+
+
+def phrasing_scores_table(phrasing_scores):
+    """One wide row per image: ``path`` and ``<attribute>[k]``, the score of phrasing k -> (rows, columns)."""
+    columns = ['path']
+    for item in phrasing_scores:
+        columns += [f'{item.attribute.name}[{k}]' for k in range(item.scores.shape[1])]
+    rows = []
+    for n, path in enumerate(phrasing_scores[0].paths if phrasing_scores else []):
+        row = {'path': path}
+        for item in phrasing_scores:
+            row.update({f'{item.attribute.name}[{k}]': float(v) for k, v in enumerate(item.scores[n])})
+        rows.append(row)
+    return rows, columns

@@ -10,6 +10,13 @@
 """
 import os
 
+# Pixels per image beyond which an image is refused before decoding (uiqa-score --max-megapixels).
+# The model sees full-resolution images: RN50's stem holds 96 float32 channels (the 32 going into
+# its third convolution and the 64 coming out) at a quarter of the input's pixels, 96 bytes per
+# input pixel, so 50 megapixels (the largest camera sensors' images) need 4.8 GB at that layer;
+# 13000 x 13000 would need 16 GB.
+MAX_PIXELS = 50_000_000
+
 
 def default_workers():
     """Decode processes used by default: up to 4, never more than the CPUs this process may use."""

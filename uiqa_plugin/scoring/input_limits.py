@@ -11,8 +11,10 @@ import weakref
 import torch
 
 from uiqa_plugin.data.image_io import ImageReadError
+from uiqa_plugin.scoring import MAX_PIXELS  # noqa: F401 (the budget lives where --help reads it without torch)
 
 MAX_ASPECT = 100.0  # longer side / shorter side of images that are scored
+
 
 _MIN_SIDE = weakref.WeakKeyDictionary()  # visual tower -> smallest side
 

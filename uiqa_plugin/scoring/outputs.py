@@ -4,24 +4,27 @@ While images are scored, every row goes at once to a part file next to the reque
 ``<out>.part-<job>-<rank>.jsonl`` (one JSON object a line, flushed per row), so a killed run
 loses nothing it finished. At the end the part files (of all ranks, and of killed earlier
 runs when resuming) are merged into ``<out>`` in input order, written to a unique temporary
-name and renamed, then removed. ``--resume`` reads ``<out>`` and leftover part files and
-scores only the paths they do not hold.
+name and renamed, then removed.
 
-File names that are not valid UTF-8 are kept as they are (surrogate escapes in Python): as
-their original bytes in CSV, as ``\\udcXX`` escapes in JSON.
+Beside the table, ``<out>.run.json`` records what made the rows (``provenance``) and the
+images that could not be scored, with the reason. ``--resume`` reads ``<out>``, that record
+and leftover part files, refuses them when another model or preprocessing made them, and
+scores only the images they do not hold: images that failed before are skipped unless
+``--retry-failed``. Images are compared by real path (``./photos/a.jpg`` is ``photos/a.jpg``).
+
+One process at a time writes a table: ``OutputLock`` holds ``.<name>.lock`` in its folder for
+the whole run, and a second run on the same ``--out`` is refused with the holder's pid.
 """
-import csv
 import glob
 import json
 import os
 import os.path as osp
 import tempfile
 
-from uiqa_plugin.tools.output_table import TABLE_SUFFIXES, write_table
-
-
-class OutputError(ValueError):
-    """A score table that cannot be written or resumed; the message names the path and the reason."""
+from uiqa_plugin.checkpoint_io import write_atomically
+from uiqa_plugin.file_lock import FileLock, LockHeldError
+from uiqa_plugin.scoring.provenance import differences
+from uiqa_plugin.scoring.table import TABLE_SUFFIXES, OutputError, read_table, write_table  # noqa: F401
 
 
 def check_output_path(path):
@@ -51,19 +54,49 @@ def part_path(out, job, rank):
     return f'{out}.part-{job}-{rank}.jsonl'
 
 
+def record_path(out):
+    """The file beside a table that records what made its rows and which images failed."""
+    return f'{out}.run.json'
+
+
 def leftover_parts(out):
     """Part files of ``out`` left by runs that did not finish, sorted."""
     return sorted(glob.glob(glob.escape(out) + '.part-*-*.jsonl'))
 
 
-class PartWriter:
-    """Appends one JSON line per scored (or failed) image to a part file, flushed at once."""
+class OutputInUseError(OutputError):
+    """Another live process writes the same table."""
 
-    def __init__(self, path, columns):
+
+class OutputLock(FileLock):
+    """The lock of one score table, ``.<name>.lock`` in its folder, held while a run writes it."""
+
+    def __init__(self, out):
+        out = osp.realpath(out)  # ./scores.csv and scores.csv are one table
+        super().__init__(osp.join(osp.dirname(out), f'.{osp.basename(out)}.lock'))
+        self.out = out
+
+    def acquire(self):
+        try:
+            return super().acquire()
+        except LockHeldError as exc:
+            raise OutputInUseError(f'{self.out}: another uiqa-score run is writing this table ({exc.holder}); '
+                                   'wait for it to end or stop it, or choose another --out') from None
+        except OSError as exc:
+            raise OutputError(f'{self.out}: cannot create the lock file {self.path} ({exc.strerror or exc})') from exc
+
+
+class PartWriter:
+    """Appends one JSON line per scored (or failed) image to a part file, flushed at once.
+
+    The first line names the columns and what made the rows (``made_by``, see ``provenance``).
+    """
+
+    def __init__(self, path, columns, made_by=None):
         self.path = path
         try:
             self.file = open(path, 'a', encoding='ascii')  # json.dumps escapes everything else
-            self._write({'columns': list(columns)})
+            self._write({'columns': list(columns), 'made_by': made_by})
         except OSError as exc:
             raise OutputError(f'{path}: cannot write part file ({exc.strerror or exc})') from exc
 
@@ -76,10 +109,13 @@ class PartWriter:
             self._write({'path': path, 'scores': scores} if error is None else {'path': path, 'error': error})
         except OSError as exc:
             raise OutputError(f'{self.path}: cannot write part file ({exc.strerror or exc}); the rows before '
-                              'this one are kept in it: free the space and rerun with --resume') from exc
+                              'this one are kept in it: free the space and rerun with --resume') from None
 
     def close(self):
-        self.file.close()
+        try:
+            self.file.close()
+        except OSError:  # the last flush already failed and was reported
+            pass
 
     def __enter__(self):
         return self
@@ -88,10 +124,21 @@ class PartWriter:
         self.close()
 
 
-def read_part(path, columns):
+def _check_made_by(where, recorded, made_by):
+    if made_by is None or recorded is None:
+        return
+    changed = differences(recorded, made_by)
+    if changed:
+        raise OutputError(f'{where}: its rows were made by another model or preprocessing than this run '
+                          f'({"; ".join(changed)}); resuming would mix them in one table: use the same options, '
+                          'or another --out')
+
+
+def read_part(path, columns, made_by=None):
     """(rows, failures) of one part file: rows {'path', column: float}, failures (path, message).
 
-    A line cut short by a kill is ignored; a part file of other columns is an OutputError.
+    A line cut short by a kill is ignored; a part file of other columns or made by another
+    model than ``made_by`` (when given) is an OutputError.
     """
     rows, failures = [], []
     with open(path, encoding='ascii') as f:
@@ -107,6 +154,7 @@ def read_part(path, columns):
             if record['columns'] != list(columns):
                 raise OutputError(f'{path}: left by a run with the columns {record["columns"]}, this run gives '
                                   f'{list(columns)}; use another --out or delete the part file')
+            _check_made_by(path, record.get('made_by'), made_by)
         elif 'error' in record:
             failures.append((record['path'], record['error']))
         else:
@@ -114,65 +162,81 @@ def read_part(path, columns):
     return rows, failures
 
 
-def read_table(path, columns):
-    """Rows of a table written by ``write_table`` (CSV or JSON), checked to have ``['path'] + columns``."""
-    expected = ['path'] + list(columns)
+def read_record(out):
+    """The record beside a table: {'made_by': {...}, 'failed': [[path, message], ...]}, or None when absent."""
+    path = record_path(out)
+    if not osp.isfile(path):
+        return None
     try:
-        if path.lower().endswith('.json'):
-            with open(path, encoding='utf-8') as f:
-                data = json.load(f)
-            found = list(data[0]) if data else expected
-        else:
-            with open(path, encoding='utf-8', errors='surrogateescape', newline='') as f:
-                reader = csv.DictReader(f)
-                data = list(reader)
-                found = reader.fieldnames or expected
+        with open(path, encoding='utf-8') as f:
+            record = json.load(f)
     except (OSError, ValueError) as exc:
-        raise OutputError(f'{path}: cannot read it to resume ({exc}); move it away or drop --resume') from exc
-    if found != expected:
-        raise OutputError(f'{path}: has the columns {found}, this run gives {expected}; '
-                          'use another --out to resume with other attributes')
-    try:
-        return [{'path': row['path'], **{c: float(row[c]) for c in columns}} for row in data]
-    except (TypeError, ValueError) as exc:
-        raise OutputError(f'{path}: a score is not a number ({exc}); cannot resume from it') from exc
+        raise OutputError(f'{path}: cannot read the record of what made {out} ({exc}); move both away to score '
+                          'again') from exc
+    if not isinstance(record, dict):
+        raise OutputError(f'{path}: not a record written by uiqa-score; move it and {out} away to score again')
+    return record
 
 
-def previous_rows(out, columns):
-    """Rows already scored for ``out``: the table itself, then part files of unfinished runs (later wins)."""
-    rows = read_table(out, columns) if osp.isfile(out) else []
+def previous_rows(out, columns, made_by=None):
+    """(rows, failures) already recorded for ``out``: the table and its record, then part files of unfinished
+    runs (later wins). Refused (OutputError naming the difference) when another model made them."""
+    rows, failures = [], []
+    if osp.isfile(out):
+        rows = read_table(out, columns)  # other columns: the plainest difference, named first
+        record = read_record(out)
+        if record is None and made_by is not None:
+            raise OutputError(f'{out}: has no record of what made its rows ({record_path(out)} is missing), so '
+                              'resuming cannot tell whether this run computes the same scores; move it away, '
+                              'or use another --out')
+        if record is not None:
+            _check_made_by(out, record.get('made_by'), made_by)
+            failures.extend(tuple(item) for item in record.get('failed', ()))
     for part in leftover_parts(out):
-        rows.extend(read_part(part, columns)[0])
-    return rows
+        part_rows, part_failures = read_part(part, columns, made_by)
+        rows.extend(part_rows)
+        failures.extend(part_failures)
+    return rows, failures
 
 
-def merge_rows(paths, columns, earlier, parts):
+def merge_rows(paths, columns, earlier, parts, earlier_failures=()):
     """The final table: a row for each of ``paths`` that has one (input order), then earlier rows of other paths.
 
-    earlier: rows from a resumed table and old part files; parts: this run's part files.
-    Returns (rows, failures of this run).
+    Rows are matched by real path, so one file reached as ``./a.jpg`` and ``a.jpg`` has one row.
+    earlier: rows from a resumed table and old part files; parts: this run's part files;
+    earlier_failures: (path, message) recorded before. Returns (rows, failures of this run,
+    all failures still without a row).
     """
-    by_path, failures = {}, []
+    by_file, failures, failed = {}, [], {}
+    for path, message in earlier_failures:
+        failed[osp.realpath(path)] = (path, message)
     for row in earlier:
-        by_path[row['path']] = row
+        by_file[osp.realpath(row['path'])] = row
     for part in parts:
-        rows, failed = read_part(part, columns)
-        failures.extend(failed)
+        rows, part_failures = read_part(part, columns)
+        failures.extend(part_failures)
+        for path, message in part_failures:
+            failed[osp.realpath(path)] = (path, message)
         for row in rows:
-            by_path[row['path']] = row
-    ordered = [by_path.pop(p) for p in paths if p in by_path]
-    return ordered + list(by_path.values()), failures
+            by_file[osp.realpath(row['path'])] = row
+    ordered = [by_file.pop(osp.realpath(p)) for p in paths if osp.realpath(p) in by_file]
+    rows = ordered + list(by_file.values())
+    scored = {osp.realpath(row['path']) for row in rows}
+    return rows, failures, [item for real, item in failed.items() if real not in scored]
 
 
-def write_merged(out, rows, columns, parts):
-    """Write the table, then remove the part files it replaces. Raises OutputError naming the reason."""
+def write_merged(out, rows, columns, parts, made_by=None, failed=()):
+    """Write the table and its record, then remove the part files they replace. Raises OutputError naming the
+    reason (a full disk, a vanished folder) without a traceback's chain of causes."""
     try:
         write_table(rows, ['path'] + list(columns), out)
+        record = {'made_by': made_by, 'failed': [list(item) for item in failed]}
+        write_atomically(record_path(out), lambda f: json.dump(record, f, indent=2), 'w', encoding='utf-8')
     except OSError as exc:
         kept = [p for p in parts if osp.exists(p)]
         where = (f'the rows are kept in {", ".join(kept)}: rerun the same command with --resume'
                  if kept else 'the rows follow on standard output')
-        raise OutputError(f'{out}: cannot write the table ({exc.strerror or exc}); {where}') from exc
+        raise OutputError(f'{out}: cannot write the table ({exc.strerror or exc}); {where}') from None
     for part in parts:
         try:
             os.remove(part)

@@ -15,6 +15,17 @@ from collections import deque
 from uiqa_plugin.data.image_io import is_image_file
 
 
+def unique_real_files(paths):
+    """``paths`` without the ones that name a file listed before (same real path after links and ``./``)."""
+    seen, unique = set(), []
+    for path in paths:
+        real = osp.realpath(path)
+        if real not in seen:
+            seen.add(real)
+            unique.append(path)
+    return unique
+
+
 def _identity(path):
     st = os.stat(path)
     return st.st_dev, st.st_ino
@@ -63,13 +74,7 @@ def walk_files(folder, recursive=True, accept=is_image_file):
             elif is_link and accept(entry.path):
                 problems.append((entry.path, 'broken symbolic link (its target is missing or loops)'))
     found.sort()  # files reached without a link first, then in discovery order
-    seen, unique = set(), []
-    for _, _, path in found:
-        real = osp.realpath(path)
-        if real not in seen:
-            seen.add(real)
-            unique.append(path)
-    return sorted(unique), problems
+    return sorted(unique_real_files(path for _, _, path in found)), problems
 
 
 def _match_parts(pattern, parts):
@@ -101,3 +106,35 @@ def glob_files(pattern):
         if _match_parts(rest, rel.split(os.sep)):
             matched.append(path if fixed else rel)  # a pattern starting with '**' gives relative paths, as glob
     return sorted(matched), problems
+
+
+def collect_image_paths(inputs, recursive=True):
+    """Expand files, folders and glob patterns into a sorted-per-input list of image paths.
+
+    Folders are walked following symbolic links, cycle-safe: each real file is listed once,
+    under the first path that reaches it (see ``walk_files``).
+    Returns (paths, problems): ``problems`` lists (input, message) for inputs that matched
+    nothing, folders that cannot be listed and links whose target is missing.
+    """
+    paths, problems = [], []
+    for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs):
+        item = os.fspath(item)
+        if osp.isdir(item):
+            found, trouble = walk_files(item, recursive=recursive)
+            problems.extend(trouble)
+            if not found and not trouble:
+                problems.append((item, 'folder holds no image files'))
+            paths.extend(found)
+        elif osp.isfile(item):
+            paths.append(item)  # named explicitly: try it whatever its suffix
+        elif glob.has_magic(item):
+            found, trouble = glob_files(item)
+            problems.extend(trouble)
+            if not found:
+                problems.append((item, 'pattern matched no files'))
+            paths.extend(found)
+        elif osp.islink(item):
+            problems.append((item, 'broken symbolic link (its target is missing or loops)'))
+        else:
+            problems.append((item, 'no such file or folder'))
+    return unique_real_files(paths), problems  # one row per real file, whichever input reached it first

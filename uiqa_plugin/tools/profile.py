@@ -18,8 +18,11 @@ import os.path as osp
 import sys
 import warnings
 
+from uiqa_plugin.tools.output_table import format_table, missing_folder, write_table
 from uiqa_plugin.tools.score import add_clip_arguments
-from uiqa_plugin.tools.output_table import format_table, write_table
+
+# The imports inside the commands below buy start-up time: --help, option errors and `phrasings` answer
+# without importing torch, open_clip or BasicSR, which only the scoring commands need.
 
 PROG = 'uiqa-profile'
 
@@ -86,14 +89,37 @@ def _resolve(args):
     return resolve_attributes(args.attributes)
 
 
-def _build_metric(args, attributes):
-    import uiqa_plugin
+def _build_metric(args, attributes, command):
+    from uiqa_plugin.api import create_metric
     with warnings.catch_warnings():
-        warnings.simplefilter('default')  # show the random-weights warning once, not as an error
-        return uiqa_plugin.create_metric(attributes, clip_model=args.clip_model,
-                                         clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
-                                         ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu,
-                                         precision=args.precision or 'fp32')
+        _random_weights_note(args, command)
+        return create_metric(attributes, clip_model=args.clip_model, clip_pretrained=_pretrained(args.clip_pretrained),
+                             device=args.device, ensemble=args.ensemble_mode, quick_gelu=args.quick_gelu,
+                             precision=args.precision or 'fp32')
+
+
+def _random_weights_note(args, command):
+    """Say once, in plain words, that the CLIP weights are random (and silence CLIP's own warning, which
+    would print a source line); returns the reason, or None for trained weights. Call inside catch_warnings."""
+    from uiqa_plugin.perception.profile import random_weights_reason
+    reason = random_weights_reason(_pretrained(args.clip_pretrained))
+    warnings.filterwarnings('ignore', message='.*RANDOM weights.*')
+    if reason:
+        _say(command, f'note: {reason}')
+    args.random_weights = reason
+    return reason
+
+
+def _check_outputs(command, *paths):
+    """Before any work: each table/chart path names a file; a folder that does not exist yet is announced."""
+    for path in paths:
+        if not path:
+            continue
+        if osp.isdir(path):
+            raise CommandError(f'{path}: is a folder; name a file in it')
+        folder = missing_folder(path)
+        if folder:
+            _say(command, f'creating folder {folder} for {osp.basename(path)}')
 
 
 def _pretrained(value):
@@ -106,7 +132,7 @@ def _score(args, command, extra_scorers=None):
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
     attributes = _resolve(args)
-    metric = _build_metric(args, attributes)
+    metric = _build_metric(args, attributes, command)
     result = profile_images(metric, args.inputs, extra_scorers=extra_scorers, batch_size=args.batch_size,
                             strict=args.strict, progress=not args.no_progress)
     for path, message in result.failures:
@@ -116,167 +142,122 @@ def _score(args, command, extra_scorers=None):
     return result, attributes
 
 
-def _write_or_print(command, rows, columns, out):
+def _write_or_print(command, rows, columns, out, random_weights=None):
+    """Write the table (a ``random_weights`` column marks scores of a random CLIP: files travel without the
+    note printed on stderr) or print it."""
+    from uiqa_plugin.perception.profile import mark_random_weights
     if out:
-        write_table(rows, columns, out)
+        write_table(*mark_random_weights(rows, columns, random_weights), out)
         _say(command, f'wrote {len(rows)} rows to {out}')
     else:
         print(format_table(rows, columns))
 
 
-def _chart_stems(paths, out_dir):
-    """A unique file stem in ``out_dir`` for each image path (name clashes get -2, -3...)."""
-    stems, used = [], set()
-    for path in paths:
-        base = osp.splitext(osp.basename(path))[0] or 'image'
-        stem, k = base, 1
-        while stem in used:
-            k += 1
-            stem = f'{base}-{k}'
-        used.add(stem)
-        stems.append(osp.join(out_dir, stem))
-    return stems
-
-
-def write_radar_charts(rows, attribute_names, out_dir, formats=('png', 'svg'), with_image=True, progress=True):
-    """One radar chart per row (image) into ``out_dir``; returns the written paths."""
-    from tqdm import tqdm
-
-    from uiqa_plugin.data.image_io import ImageReadError, read_image
-    from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
-    written = []
-    stems = _chart_stems([row['path'] for row in rows], out_dir)
-    for row, stem in tqdm(list(zip(rows, stems)), desc='radar', unit='chart', disable=not progress):
-        images = []
-        if with_image:
-            try:
-                images = [thumbnail(read_image(row['path']), 384)]
-            except ImageReadError as exc:
-                warnings.warn(f'radar: no thumbnail for {exc}', RuntimeWarning, stacklevel=2)
-        name = osp.basename(row['path'])
-        chart = radar_chart([(name, [row[n] for n in attribute_names])], attribute_names, images=images, title=name)
-        written += save_chart(chart.figure, stem, formats)
-    return written
+def _radar_caption(reason):
+    from uiqa_plugin.perception.profile import RANDOM_WEIGHTS_CAPTION
+    return RANDOM_WEIGHTS_CAPTION if reason else None
 
 
 # ----------------------------------------------------------------------------- subcommands
 
 def cmd_profile(args):
-    from uiqa_plugin.perception.profile import load_scorer
+    from uiqa_plugin.perception.profile import load_scorer, write_radar_charts
+    _check_outputs('profile', args.out)
     extra = dict(load_scorer(spec, device=args.device) for spec in args.scorer)
     result, _ = _score(args, 'profile', extra_scorers=extra)
-    _write_or_print('profile', result.rows, ['path'] + result.attribute_names, args.out)
+    _write_or_print('profile', result.rows, ['path'] + result.attribute_names, args.out, args.random_weights)
     if args.radar_dir:
         files = write_radar_charts(result.rows, result.attribute_names, args.radar_dir, args.radar_format,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, caption=_radar_caption(args.random_weights),
+                                   on_problem=lambda message: _say('profile', message))
         _say('profile', f'wrote {len(files)} chart file(s) to {args.radar_dir}')
     return 1 if result.failures else 0
 
 
-def match_columns(column_lists):
-    """Score columns of several tables matched by attribute -> (axis names, [columns of table k]).
-
-    A column present in every table matches itself. Otherwise ``name`` and ``name@ensemble``
-    count as the same attribute (one table scored with the paper's pair, another with the
-    ensemble), when each table has exactly one column of that attribute; the axis is ``name``.
-    """
-    from uiqa_plugin.perception.ensembles import base_name
-    shared = [n for n in column_lists[0] if all(n in cols for cols in column_lists[1:])]
-    axes, columns = list(shared), [list(shared) for _ in column_lists]
-    rest = [[c for c in cols if c not in shared] for cols in column_lists]
-    for base in dict.fromkeys(base_name(c) for c in rest[0]):
-        found = [[c for c in cols if base_name(c) == base] for cols in rest]
-        if all(len(f) == 1 for f in found):
-            axes.append(base)
-            for k, f in enumerate(found):
-                columns[k].append(f[0])
-    return axes, columns
-
-
-def _rows_from_tables(command, tables, labels):
-    """Read several score tables -> (labels, axis names, [columns of table k], {path: [row per table]})."""
-    from uiqa_plugin.perception.profile import read_score_table
-    if labels and len(labels) != len(tables):
-        raise CommandError(f'{len(labels)} --label for {len(tables)} --table: give one label per table')
-    loaded = [read_score_table(t) for t in tables]
-    labels = labels or [osp.splitext(osp.basename(t))[0] for t in tables]
-    names, columns = match_columns([attrs for _, attrs in loaded])
-    if not names:
-        listing = '; '.join(f'{t}: {", ".join(attrs)}' for t, (_, attrs) in zip(tables, loaded))
-        raise CommandError(f'the tables share no score column (columns: {listing}). Columns match by name, '
-                           'and NAME matches NAME@ensemble.')
-    renamed = sorted({f'{c} as {n}' for cols in columns for n, c in zip(names, cols) if c != n})
-    if renamed:
-        _say(command, f'matched by attribute: {", ".join(renamed)}')
-    used = {c for cols in columns for c in cols}
-    dropped = sorted({n for _, attrs in loaded for n in attrs} - used)
-    if dropped:
-        _say(command, f'columns not in every table, left out: {", ".join(dropped)}')
-    by_path = {}
-    for k, (rows, _) in enumerate(loaded):
-        for row in rows:
-            by_path.setdefault(row['path'], [None] * len(loaded))[k] = row
-    incomplete = [p for p, rs in by_path.items() if any(r is None for r in rs)]
-    if incomplete:
-        _say(command, f'{len(incomplete)} image(s) not in every table, left out (e.g. {incomplete[0]})')
-    return labels, names, columns, {p: rs for p, rs in by_path.items() if p not in incomplete}
+def _join_tables(command, tables, labels):
+    from uiqa_plugin.perception.profile import join_score_tables
+    try:
+        joined = join_score_tables(tables, labels)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    for note in joined.notes:
+        _say(command, note)
+    if joined.random_weights:
+        _say(command, f'note: {joined.random_weights}')
+    return joined
 
 
 def cmd_radar(args):
+    from uiqa_plugin.perception.profile import chart_stems, write_radar_charts
     from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
     if bool(args.table) == bool(args.inputs):
         raise CommandError('give either images to score or --table score tables (not both)')
     written = []
     if args.table:
-        labels, names, columns, by_path = _rows_from_tables('radar', args.table, args.label)
-        if not by_path:
+        joined = _join_tables('radar', args.table, args.label)
+        if not joined.by_path:
             raise CommandError('no image is in every table', code=1)
         from uiqa_plugin.data.image_io import ImageReadError, read_image
-        for path, stem in zip(by_path, _chart_stems(list(by_path), args.out_dir)):
+        for path, stem in zip(joined.by_path, chart_stems(list(joined.by_path), args.out_dir)):
             try:
                 images = [thumbnail(read_image(path), 384)]
             except ImageReadError:
                 images = []  # the table may come from another machine
-            series = [(label, [row[c] for c in cols]) for label, cols, row in zip(labels, columns, by_path[path])]
-            chart = radar_chart(series, names, images=images, title=osp.basename(path))
+            series = [(label, [row[c] for c in cols])
+                      for label, cols, row in zip(joined.labels, joined.columns, joined.by_path[path])]
+            chart = radar_chart(series, joined.names, images=images, title=osp.basename(path),
+                                caption=_radar_caption(joined.random_weights))
             written += save_chart(chart.figure, stem, args.format)
         code = 0
     else:
         result, _ = _score(args, 'radar')
         names = result.attribute_names
+        caption = _radar_caption(args.random_weights)
         if args.overlay:
             from uiqa_plugin.data.image_io import read_image
             series = [(osp.basename(r['path']), [r[n] for n in names]) for r in result.rows]
             images = [thumbnail(read_image(r['path']), 192) for r in result.rows] if len(series) <= 6 else []
-            chart = radar_chart(series, names, images=images, title=args.overlay)
+            chart = radar_chart(series, names, images=images, title=args.overlay, caption=caption)
             written += save_chart(chart.figure, osp.join(args.out_dir, args.overlay), args.format)
         else:
-            written += write_radar_charts(result.rows, names, args.out_dir, args.format,
-                                          progress=not args.no_progress)
+            written += write_radar_charts(result.rows, names, args.out_dir, args.format, caption=caption,
+                                          progress=not args.no_progress,
+                                          on_problem=lambda message: _say('radar', message))
         code = 1 if result.failures else 0
     _say('radar', f'wrote {len(written)} chart file(s) to {args.out_dir}')
     return code
 
 
+#: above this size, the report suggests --images link (embedded thumbnails cost ~80 KB per image)
+LARGE_REPORT_BYTES = 5 << 20
+
+
 def cmd_report(args):
+    import os
+
     from uiqa_plugin.perception.report import write_report
     if bool(args.table) == bool(args.inputs):
         raise CommandError('give either images to score or --table with a score table (not both)')
+    _check_outputs('report', args.out)
     if args.table:
-        from uiqa_plugin.perception.profile import read_score_table
+        from uiqa_plugin.perception.profile import read_score_table, table_random_weights_reason
         rows, names = read_score_table(args.table)
-        attributes, description, code, warning = None, f'Scores from {args.table}.', 0, None
+        attributes, description, code = None, f'Scores from {args.table}.', 0
+        warning = table_random_weights_reason(rows)
     else:
-        from uiqa_plugin.perception.profile import random_weights_reason
         result, attributes = _score(args, 'report')
         rows, names = result.rows, result.attribute_names
         description = f'CLIP {args.clip_model} ({args.clip_pretrained}), ensemble mode {args.ensemble_mode}.'
         code = 1 if result.failures else 0
-        warning = random_weights_reason(_pretrained(args.clip_pretrained))
+        warning = args.random_weights
     write_report(rows, names, args.out, images=args.images, attributes=attributes, chart_format=args.chart,
                  thumb_size=args.thumb_size, title=args.title, description=description,
                  progress=not args.no_progress, warning=warning)
-    _say('report', f'wrote {args.out} ({len(rows)} images)')
+    size = os.path.getsize(args.out)
+    _say('report', f'wrote {args.out} ({len(rows)} images, {size / 2**20:.1f} MB)')
+    if args.images == 'embed' and size > LARGE_REPORT_BYTES:
+        _say('report', f'note: the page embeds every thumbnail and chart ({size / max(len(rows), 1) / 1024:.0f} KB per '
+                       'image); --images link keeps it small (the page then needs the image files beside it)')
     return code
 
 
@@ -294,62 +275,80 @@ def _parse_map(items):
 
 
 def cmd_evaluate(args):
-    import uiqa_plugin.perception  # noqa: F401
+    import uiqa_plugin.perception  # noqa: F401  (registers the @ensemble attributes)
     from uiqa_plugin.perception.agreement import evaluate_ratings, plot_agreement, table_columns
     from uiqa_plugin.perception.ensembles import load_attribute_file, with_ensembles
+    from uiqa_plugin.perception.profile import (mark_random_weights, read_score_table, table_random_weights_reason,
+                                                RANDOM_WEIGHTS_CAPTION)
     from uiqa_plugin.perception.ratings import read_ratings
     from uiqa_plugin.prompts import get_attribute
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
     if not 0 < args.alpha < 1:
         raise CommandError('--alpha must be in (0, 1)')
+    _check_outputs('evaluate', args.out, args.chart, args.scores_out)
     if args.attributes_file:
         load_attribute_file(args.attributes_file)
     columns = [c.strip() for c in args.columns.split(',') if c.strip()] if args.columns else None
     ratings = read_ratings(args.ratings, image_column=args.image_column, column_map=_parse_map(args.map),
                            columns=columns)
-    attributes = []
-    for name in ratings.attribute_names:
-        try:
-            attributes.append(get_attribute(name))
-        except KeyError as exc:
-            raise CommandError(f'{args.ratings}: column {ratings.sources[name]!r} is not an attribute '
-                               f'({exc.args[0]}) Map it with --map {ratings.sources[name]}=ATTRIBUTE or leave it '
-                               'out with --columns.') from None
-    if args.prompt_set == 'ensemble':
-        attributes = with_ensembles(attributes)
-    elif args.prompt_set == 'both':  # each paper pair next to its ensemble
-        attributes = list(dict.fromkeys(a for pair in zip(attributes, with_ensembles(attributes)) for a in pair))
-    metric = _build_metric(args, attributes)
-    rows, scores = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
-                                    seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
+    metric, table = None, None
+    if args.scores:  # compare an existing table: no model, no scoring
+        table = read_score_table(args.scores)
+        reason = table_random_weights_reason(table[0])
+        if reason:
+            _say('evaluate', f'note: {reason}')
+    else:
+        attributes = []
+        for name in ratings.attribute_names:
+            try:
+                attributes.append(get_attribute(name))
+            except KeyError as exc:
+                raise CommandError(f'{args.ratings}: column {ratings.sources[name]!r} is not an attribute '
+                                   f'({exc.args[0]}) Map it with --map {ratings.sources[name]}=ATTRIBUTE or leave it '
+                                   'out with --columns.') from None
+        if args.prompt_set == 'ensemble':
+            attributes = with_ensembles(attributes)
+        elif args.prompt_set == 'both':  # each paper pair next to its ensemble
+            attributes = list(dict.fromkeys(a for pair in zip(attributes, with_ensembles(attributes)) for a in pair))
+        with warnings.catch_warnings():
+            metric = _build_metric(args, attributes, 'evaluate')
+        reason = args.random_weights
+    rows, scores, skipped = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
+                                             seed=args.seed, batch_size=args.batch_size,
+                                             progress=not args.no_progress, strict=args.strict, scores=table)
+    for entry in skipped:
+        _say('evaluate', f'skipped {entry}: image not found' if ':' not in entry else f'skipped {entry}')
     columns = ['attribute', 'column'] + table_columns(with_intervals=args.n_boot > 0)[1:]
     print(format_table(rows, columns, digits=3))  # first, so that a failed write below loses nothing
     if args.out:
-        write_table(rows, columns, args.out)
+        write_table(*mark_random_weights(rows, columns, reason), args.out)
         _say('evaluate', f'wrote {args.out}')
     if args.scores_out:
-        write_table(scores, ['path'] + metric.attribute_names, args.scores_out)
+        names = table[1] if table is not None else metric.attribute_names
+        write_table(*mark_random_weights(scores, ['path'] + list(names), reason), args.scores_out)
         _say('evaluate', f'wrote {args.scores_out}')
     if args.chart:
         plot_agreement(rows, args.chart, title=f'Agreement with {osp.basename(args.ratings)}',
-                       confidence=1 - args.alpha)
+                       confidence=1 - args.alpha, caption=RANDOM_WEIGHTS_CAPTION if reason else None)
         _say('evaluate', f'wrote {args.chart}')
-    return 0
+    return 1 if skipped else 0
 
 
 def cmd_sensitivity(args):
     from uiqa_plugin.perception.ensembles import with_ensembles
-    from uiqa_plugin.perception.sensitivity import score_phrasings, sensitivity_tables
+    from uiqa_plugin.perception.profile import mark_random_weights
+    from uiqa_plugin.perception.sensitivity import phrasing_scores_table, score_phrasings, sensitivity_tables
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
+    _check_outputs('sensitivity', args.out, args.summary_out, args.scores_out)
     attributes = with_ensembles(_resolve(args))
     single = [a.name for a in attributes if len(a.pairs) < 2]
     if single:
         _say('sensitivity', f'only one phrasing, nothing to compare: {", ".join(single)} '
                             '(give several in --attributes-file)')
     with warnings.catch_warnings():
-        warnings.simplefilter('default')
+        reason = _random_weights_note(args, 'sensitivity')
         results, failures = score_phrasings(attributes, args.inputs, clip_model=args.clip_model,
                                             clip_pretrained=_pretrained(args.clip_pretrained), device=args.device,
                                             batch_size=args.batch_size, strict=args.strict,
@@ -380,21 +379,13 @@ def cmd_sensitivity(args):
             print(format_table([{'k': i, **{str(j): float(matrix[i, j]) for j in range(k)}} for i in range(k)],
                                ['k'] + [str(j) for j in range(k)], digits=3))
     if args.out:
-        write_table(per_phrasing, phrasing_cols, args.out)
+        write_table(*mark_random_weights(per_phrasing, phrasing_cols, reason), args.out)
         _say('sensitivity', f'wrote {args.out}')
     if args.summary_out:
-        write_table(per_attribute, summary_cols, args.summary_out)
+        write_table(*mark_random_weights(per_attribute, summary_cols, reason), args.summary_out)
         _say('sensitivity', f'wrote {args.summary_out}')
     if args.scores_out:
-        wide, columns = [], ['path']
-        for item in results:
-            columns += [f'{item.attribute.name}[{k}]' for k in range(item.scores.shape[1])]
-        for n, path in enumerate(results[0].paths):
-            row = {'path': path}
-            for item in results:
-                row.update({f'{item.attribute.name}[{k}]': float(v) for k, v in enumerate(item.scores[n])})
-            wide.append(row)
-        write_table(wide, columns, args.scores_out)
+        write_table(*mark_random_weights(*phrasing_scores_table(results), reason), args.scores_out)
         _say('sensitivity', f'wrote {args.scores_out}')
     return 1 if failures else 0
 
@@ -464,7 +455,8 @@ def build_parser():
     _add_scoring_arguments(p, inputs_required=False)
     p.add_argument('--out', '-o', required=True, help='the .html file to write')
     p.add_argument('--images', choices=('embed', 'link'), default='embed',
-                   help='embed base64 thumbnails, or link the files relative to the page')
+                   help='embed base64 thumbnails (self-contained, ~80 KB per image), or link the files relative to '
+                        'the page (small, needs the images beside it)')
     p.add_argument('--chart', choices=('svg', 'png'), default='svg', help='format of the embedded radar charts')
     p.add_argument('--thumb-size', type=int, default=256, help='longer side of embedded thumbnails (pixels)')
     p.add_argument('--title', default='Attribute profile report', help='page title')
@@ -492,6 +484,11 @@ def build_parser():
     p.add_argument('--out', '-o', default=None, help='also write the table as .csv or .json')
     p.add_argument('--chart', default=None, help='bar chart file (.png or .svg)')
     p.add_argument('--scores-out', default=None, help='write the model scores of the rated images (.csv/.json)')
+    p.add_argument('--scores', default=None, metavar='TABLE',
+                   help='compare the scores of this table (from uiqa-score, profile or --scores-out) instead of '
+                        'scoring again; the CLIP options are then unused')
+    p.add_argument('--strict', action='store_true',
+                   help='stop when a rated image is missing (default: leave it out, name it, exit status 1)')
     p.add_argument('--no-progress', action='store_true', help='hide progress bars')
     p.set_defaults(func=cmd_evaluate)
 
@@ -513,17 +510,20 @@ def build_parser():
 def main(argv=None):
     """Run ``uiqa-profile``; returns the exit code (0 ok, 1 some images failed, 2 bad usage or input)."""
     args = build_parser().parse_args(argv)
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
-    from uiqa_plugin.data.image_io import ImageReadError
+    args.random_weights = None
     try:
         return args.func(args)
     except CommandError as exc:
         _say(args.command, str(exc))
         return exc.code
-    except ClipLoadError as exc:
-        _say(args.command, exc.message(CLI_OPTION_NAMES))
-        return 2
-    except (ClipLoadError, ImageReadError, KeyError, ValueError, OSError) as exc:
+    except (KeyError, ValueError, OSError, RuntimeError) as exc:
+        # ClipLoadError (a RuntimeError) and ImageReadError are only known once scoring imported them
+        clip_errors = sys.modules.get('uiqa_plugin.clip_backbone')
+        if clip_errors is not None and isinstance(exc, clip_errors.ClipLoadError):
+            _say(args.command, exc.message(clip_errors.CLI_OPTION_NAMES))
+            return 2
+        if isinstance(exc, RuntimeError) and not isinstance(exc, OSError):
+            raise
         _say(args.command, error_message(exc))
         return 2
 

@@ -7,8 +7,8 @@ import os
 import sys
 import warnings
 
-from uiqa_plugin.scoring import default_workers
-from uiqa_plugin.tools.output_table import format_table, printable
+from uiqa_plugin.scoring import MAX_PIXELS, default_workers
+from uiqa_plugin.scoring.table import format_table, missing_folder, printable
 
 
 def add_clip_arguments(parser):
@@ -79,10 +79,40 @@ def build_parser():
     parser.add_argument('--resume', action='store_true',
                         help='score only the images that --out (and part files of an interrupted run) '
                              'do not hold yet, and keep their rows')
+    add_input_arguments(parser)
     parser.add_argument('--strict', action='store_true', help='stop at the first unreadable file')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
     parser.add_argument('--list-attributes', action='store_true', help='print the known attributes and exit')
     return parser
+
+
+def add_input_arguments(parser):
+    """How image files become model input, and what happens to images that cannot be scored."""
+    parser.add_argument('--max-megapixels', type=float, default=MAX_PIXELS / 1e6,
+                        help='refuse images with more pixels than this before decoding them (one row each, '
+                             'named on stderr); a large JPEG that the model resizes anyway is decoded reduced '
+                             f'instead (default: {MAX_PIXELS / 1e6:g}; RN50 holds 96 bytes per input pixel at full '
+                             'resolution; 0: no limit)')
+    parser.add_argument('--retry-failed', action='store_true',
+                        help='with --resume: score again the images an earlier run could not score (by default '
+                             'they are skipped, as recorded in OUT.run.json)')
+    parser.add_argument('--crop-border', type=int, default=0, metavar='N',
+                        help="remove N pixels from each edge before scoring, as BasicSR's metrics and "
+                             "calculate_clipiqa's crop_border do (e.g. the scale of a super-resolution model)")
+    parser.add_argument('--y-channel', action='store_true',
+                        help="score the BT.601 luma Y replicated to three channels, as calculate_clipiqa's "
+                             'test_y_channel does')
+
+
+def input_preparation(args):
+    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None."""
+    if not args.crop_border and not args.y_channel:
+        return None
+    import functools
+
+    from uiqa_plugin.metrics.clipiqa_metric import image_to_rgb  # lazy: imports basicsr
+    return functools.partial(image_to_rgb, crop_border=args.crop_border, test_y_channel=args.y_channel,
+                             channel_order='RGB')  # decoded files are RGB; BasicSR's arrays are BGR
 
 
 def print_attributes():
@@ -98,8 +128,8 @@ def say(message):
     print(printable(f'uiqa-score: {message}'), file=sys.stderr)
 
 
-def usage_problem(args, ranks):
-    """The first problem with the options that needs no model, or None."""
+def usage_problem(args, world):
+    """The first problem with the options that needs no model, or None (``world``: processes in the run)."""
     if args.batch_size < 1:
         return '--batch-size must be at least 1'
     if args.workers < 0:
@@ -110,16 +140,31 @@ def usage_problem(args, ranks):
     if args.checkpoint and args.keep_pos_embed:
         return ('--keep-pos-embed does not apply to --checkpoint: the checkpoint says whether its model keeps '
                 "CLIP's positional embedding")
+    if args.attributes is not None and not args.checkpoint:
+        from uiqa_plugin.prompts import resolve_attributes
+        try:
+            resolve_attributes(args.attributes)  # names only: no model needed to say that one is unknown
+        except (KeyError, ValueError) as exc:
+            return exc.args[0] if exc.args else str(exc)
     if args.resume and not args.out:
         return '--resume needs --out: the table to complete'
-    if ranks.world > 1 and not args.out:
-        return f'a run over {ranks.world} processes needs --out: the table the ranks write together'
+    if args.retry_failed and not args.resume:
+        return '--retry-failed needs --resume: it scores again the images an earlier run of --out could not score'
+    if args.max_megapixels < 0:
+        return '--max-megapixels must be 0 (no limit) or more'
+    if args.crop_border < 0:
+        return '--crop-border must be 0 or more'
+    if world > 1 and not args.out:
+        return f'a run over {world} processes needs --out: the table the ranks write together'
     return None
 
 
 def load_model(args, argv, device):
     import uiqa_plugin
-    with warnings.catch_warnings():
+    from uiqa_plugin.clip.pretrained import trusting
+    with warnings.catch_warnings(), trusting(args.trust_checkpoint):  # also for a --clip-pretrained archive
+        # a random CLIP is said in plain words after loading (see main), not as a warning with a source line
+        warnings.filterwarnings('ignore', message='.*RANDOM weights.*')
         warnings.simplefilter('default')
         if args.checkpoint:
             from uiqa_plugin.api import load_trained_model
@@ -152,12 +197,24 @@ def report_failures(failures, scored):
     return 0
 
 
+def max_pixels(args):
+    return int(args.max_megapixels * 1e6) or None
+
+
+def run_record(args, metric):
+    """What makes this run's numbers (see ``scoring.provenance``), recorded with its rows."""
+    from uiqa_plugin.scoring.provenance import describe_file, describe_model
+    return describe_model(metric, checkpoint=describe_file(args.checkpoint), crop_border=args.crop_border,
+                          y_channel=args.y_channel)
+
+
 def score_to_table(args, metric):
     """No --out, one process: score everything, then print the table."""
     import uiqa_plugin
     try:
         result = uiqa_plugin.score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
-                                         progress=not args.no_progress, workers=args.workers)
+                                         progress=not args.no_progress, workers=args.workers,
+                                         max_pixels=max_pixels(args), prepare=input_preparation(args))
     except (OSError, ValueError) as exc:
         say(exc)
         return 1
@@ -165,42 +222,88 @@ def score_to_table(args, metric):
     return report_failures(result.failures, len(result.rows))
 
 
-def plan(args, names):
-    """Rank 0: {paths to score, all paths, problems, earlier rows, earlier part files} or (exit code, message)."""
+def nothing_to_score(args):
+    """Before CLIP loads: say so when the inputs hold no image at all (no table is written then)."""
+    from uiqa_plugin.api import collect_image_paths
+    paths, problems = collect_image_paths(args.inputs)
+    if paths:
+        return False
+    for path, message in problems:
+        say(f'{path}: {message}')
+    say('nothing to score: no image file among the inputs' + (f'; {args.out} not written' if args.out else ''))
+    return True
+
+
+def plan(args, names, made_by):
+    """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
+    (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``."""
+    import os.path as osp
+
     from uiqa_plugin.api import collect_image_paths
     from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
     paths, problems = collect_image_paths(args.inputs)
     if args.strict and problems:
         return 1, '; '.join(f'{p}: {m}' for p, m in problems)
-    earlier, old_parts = [], leftover_parts(args.out)
+    earlier, earlier_failures, old_parts = [], [], leftover_parts(args.out)
     if args.resume:
         try:
-            earlier = previous_rows(args.out, names)
+            earlier, earlier_failures = previous_rows(args.out, names, made_by)
         except OutputError as exc:
             return 2, str(exc)
     elif old_parts:
         say(f'{len(old_parts)} part file(s) of an unfinished run next to {args.out} are left as they are; '
             'add --resume to continue that run instead')
         old_parts = []
-    done = {row['path'] for row in earlier}
-    todo = [p for p in paths if p not in done]
+    done = {osp.realpath(row['path']) for row in earlier}
+    failed = {osp.realpath(path) for path, _ in earlier_failures} - done
+    skip = done if args.retry_failed else done | failed
+    todo = [p for p in paths if osp.realpath(p) not in skip]
     if args.resume:
-        say(f'resuming: {len(paths) - len(todo)} of {len(paths)} images already scored')
-    return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier, 'old_parts': old_parts}
+        scored = sum(osp.realpath(p) in done for p in paths)
+        say(f'resuming: {scored} of {len(paths)} images already scored')
+        retried = sum(osp.realpath(p) in failed for p in paths)
+        if retried and args.retry_failed:
+            say(f'{retried} image(s) that could not be scored before are tried again')
+        elif retried:  # reported again at the end, so that the exit status says the table is incomplete
+            say(f'{retried} image(s) could not be scored before and are skipped (--retry-failed tries them again)')
+            problems = list(problems) + [(p, m) for p, m in earlier_failures if osp.realpath(p) in failed]
+    return {'todo': todo, 'paths': paths, 'problems': problems, 'earlier': earlier,
+            'earlier_failures': earlier_failures, 'old_parts': old_parts}
 
 
-def score_streamed(args, metric, ranks):
-    """--out: every rank streams its shard to a part file; rank 0 merges them into the table."""
+def score_streamed(args, metric, ranks, random_weights=None):
+    """--out: every rank streams its shard to a part file; rank 0 merges them into the table (with a
+    ``random_weights`` column when ``random_weights`` gives the reason)."""
+    from uiqa_plugin.api import output_names
+    from uiqa_plugin.perception.profile import mark_random_weights
+    from uiqa_plugin.scoring.outputs import OutputError, OutputLock
+    names = output_names(metric)
+    table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
+    made_by = run_record(args, metric)
+    job, lock = None, None
+    if ranks.is_main:  # rank 0 plans, merges and removes part files: it holds the table's lock throughout
+        try:
+            lock = OutputLock(args.out).acquire()
+            job = plan(args, table_names, made_by)
+        except OutputError as exc:  # another run writes this table
+            job = (2, str(exc))
+    try:
+        return _score_planned(args, metric, ranks, names, table_names, made_by, job, random_weights)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _score_planned(args, metric, ranks, names, table_names, made_by, job, random_weights):
+    """Score rank 0's plan ``job`` (a dict, or (exit code, message) to stop every rank), merge on rank 0."""
     import uuid
 
     from tqdm import tqdm
 
-    from uiqa_plugin.api import output_names
     from uiqa_plugin.data.image_io import ImageReadError
+    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
-    names = output_names(metric)
-    job = plan(args, names) if ranks.is_main else None
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
     shared = ranks.share(job if isinstance(job, tuple) else (job['todo'], uuid.uuid4().hex[:8]) if job else None)
     if isinstance(shared[0], int):  # every rank stops with rank 0's message
@@ -210,11 +313,12 @@ def score_streamed(args, metric, ranks):
     shard = ranks.shard(todo)
     part = part_path(args.out, job_id, ranks.rank)
     try:
-        with PartWriter(part, names) as writer, \
+        with PartWriter(part, names, made_by) as writer, \
                 tqdm(total=len(shard), desc='scoring', unit='img',
                      disable=args.no_progress or not ranks.is_main) as bar:
             for index, scores, error in iter_scores(metric, shard, batch_size=args.batch_size,
-                                                    workers=min(args.workers, len(shard) // 2), progress=bar):
+                                                    workers=min(args.workers, len(shard) // 2), progress=bar,
+                                                    max_pixels=max_pixels(args), prepare=input_preparation(args)):
                 writer.write(shard[index], scores, error)
                 if error is not None and args.strict:
                     raise ImageReadError(error)
@@ -232,12 +336,13 @@ def score_streamed(args, metric, ranks):
             f'machine shares; copy them next to {args.out} and rerun with --resume to merge them')
         return 1
     try:
-        rows, failures = merge_rows(job['paths'], names, job['earlier'], parts)
+        rows, failures, failed = merge_rows(job['paths'], names, job['earlier'], parts, job['earlier_failures'])
     except OutputError as exc:  # a part file damaged by something else than a kill
         say(exc)
         return 1
     try:
-        write_merged(args.out, rows, names, parts + job['old_parts'])
+        write_merged(args.out, mark_random_weights(rows, names, random_weights)[0], table_names,
+                     parts + job['old_parts'], made_by, failed)
     except OutputError as exc:
         say(exc)
         if not any(os.path.exists(p) for p in parts):  # the folder itself went away: the rows go to stdout
@@ -255,7 +360,8 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    from uiqa_plugin.clip_backbone import CLI_OPTION_NAMES, ClipLoadError
+    # Imported here, and torch only once the options are known to be good, to keep --help and option
+    # errors fast (lazy imports for start-up time).
     from uiqa_plugin.options import OptionError, check_device
     from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
@@ -265,31 +371,41 @@ def main(argv=None):
     except (OptionError, UserModuleError) as exc:
         say(str(exc))
         return 2
-    from uiqa_plugin.scoring.distributed import Ranks
     from uiqa_plugin.scoring.outputs import OutputError, check_output_path
-    ranks = Ranks()
-    problem = usage_problem(args, ranks)
-    if problem is None and args.out:
-        try:
-            check_output_path(args.out)
-        except OutputError as exc:
-            problem = str(exc)
+    problem = usage_problem(args, int(os.environ.get('WORLD_SIZE', 1)))  # the launcher's count, as Ranks reads it
     if problem:
         say(problem)
         return 2
+    if nothing_to_score(args):
+        return 1
+    if args.out:
+        if missing_folder(args.out):
+            say(f'creating folder {missing_folder(args.out)} for --out')
+        try:
+            check_output_path(args.out)
+        except OutputError as exc:
+            say(exc)
+            return 2
+    from uiqa_plugin.clip.errors import CLI_OPTION_NAMES, ClipLoadError
+    from uiqa_plugin.perception.profile import model_random_weights_reason
+    from uiqa_plugin.scoring.distributed import Ranks
+    ranks = Ranks()
     try:
         metric = load_model(args, argv, rank_device(args, ranks))
     except ClipLoadError as exc:
         say(exc.message(CLI_OPTION_NAMES))
         return 2
-    except (KeyError, ValueError) as exc:
-        say(exc.args[0] if exc.args else exc)
+    except (KeyError, ValueError) as exc:  # unreadable, refused or non-finite weights, unknown attributes
+        say(exc)
         return 2
+    random_weights = model_random_weights_reason(metric)
+    if random_weights and ranks.is_main:
+        say(f'note: {random_weights}' + (' The table says so in its random_weights column.' if args.out else ''))
     if not args.out:
         return score_to_table(args, metric)
     ranks.start()
     try:
-        return score_streamed(args, metric, ranks)
+        return score_streamed(args, metric, ranks, random_weights)
     finally:
         ranks.close()
 
