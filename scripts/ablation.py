@@ -32,7 +32,8 @@ import time
 import yaml
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))  # the sibling scripts
-from learnable_targets import DEMO_CSV, DEMO_IMAGES, REPO, TINY_CLIP_CONFIG, training_options, write_learnable_csv  # noqa: E402,E501
+from learnable_targets import (DEMO_CSV, DEMO_IMAGES, REPO, TINY_CLIP_CONFIG, training_options,  # noqa: E402
+                               write_learnable_csv)
 
 VIEW_SETS = {'image': ['image'], 'image+fragments': ['image', 'fragments'],
              'all three': ['image', 'fragments', 'salient']}
@@ -88,7 +89,7 @@ def ladder_rows(demo_csv):
 
 def prepare(out, size, levels):
     """Build (once) the ladder, the standard demo, the tiny CLIP and both target CSVs under ``out/data``."""
-    from uiqa_plugin.data.demo import DEFAULT_SOURCES, EXTRA_SOURCES
+    from uiqa_plugin.data.demo import DEFAULT_SOURCES, EXTRA_SOURCES, image_folder_name
     data = osp.join(out, 'data')
     demo, ladder = osp.join(data, 'demo'), osp.join(data, 'ladder')
     clip = osp.join(data, 'tiny_clip.pt')
@@ -114,7 +115,7 @@ def prepare(out, size, levels):
     if not osp.isfile(target_csv):
         print('preparing: the learnable targets', flush=True)
         write_learnable_csv(demo, target_csv, clip)
-    return {'clip': clip, 'ladder_images': osp.join(ladder, DEMO_IMAGES), 'ladder_csv': ladder_csv,
+    return {'clip': clip, 'ladder_images': osp.join(ladder, image_folder_name(size)), 'ladder_csv': ladder_csv,
             'demo_images': osp.join(demo, DEMO_IMAGES), 'target_csv': target_csv}
 
 
@@ -200,8 +201,9 @@ def table(results, runs):
         for p, config in order:
             rows = [r for r in results if r['part'] == p == part and r['config'] == config]
             if rows:
-                lines.append(f"| {config} | {mean_sd([r['srcc'] for r in rows])} | {mean_sd([r['plcc'] for r in rows])} "
-                             f"| {statistics.fmean(r['seconds'] for r in rows):.0f} | {len(rows)} |")
+                srcc, plcc = mean_sd([r['srcc'] for r in rows]), mean_sd([r['plcc'] for r in rows])
+                seconds = statistics.fmean(r['seconds'] for r in rows)
+                lines.append(f'| {config} | {srcc} | {plcc} | {seconds:.0f} | {len(rows)} |')
         lines.append('')
     return '\n'.join(lines)
 

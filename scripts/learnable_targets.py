@@ -40,12 +40,13 @@ if __package__ in (None, ''):  # run as a script: import the package from this c
 import uiqa_plugin  # noqa: E402,F401  (basicsr compatibility first)
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY  # noqa: E402
 
+from uiqa_plugin.data.demo import DEMO_IMAGE_FOLDER  # noqa: E402
 from uiqa_plugin.data.device_input import DeviceInput  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY_CLIP_CONFIG = osp.join(REPO, 'options', 'clip', 'tiny-rn.json')
 DEMO_CSV = 'koniq10k_distributions_sets.csv'
-DEMO_IMAGES = '1024x768'
+DEMO_IMAGES = DEMO_IMAGE_FOLDER  # the default demo's image subfolder
 #: views of the learnable-target runs: a downscaled image view, native-pixel fragments and centre patch
 LEARNABLE_VIEWS = {'image': {'size': [48, 64]}, 'fragments': {'grid': 4, 'patch': 32, 'train': False},
                    'salient': {'size': 64}}

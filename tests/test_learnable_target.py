@@ -28,7 +28,8 @@ def target_csv(demo_data, tmp_path_factory):
 def options(demo_data, target_csv, name, target_column, **kwargs):
     # Measured (2-core EPYC, seed 0, these options): held-out SRCC 0.996 after 60 steps.
     kwargs.setdefault('total_iter', 60)
-    return learnable_targets.training_options(name, str(demo_data / '1024x768'), target_csv, target_column,
+    images = str(demo_data / learnable_targets.DEMO_IMAGES)
+    return learnable_targets.training_options(name, images, target_csv, target_column,
                                               str(demo_data / 'tiny.pt'), lr=0.02, **kwargs)
 
 
