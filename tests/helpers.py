@@ -20,6 +20,8 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TRAIN_PY = osp.join(REPO, 'uiqa_plugin', 'train.py')
 TEST_PY = osp.join(REPO, 'uiqa_plugin', 'test.py')
 DEMO_YML = osp.join(REPO, 'options', 'demo', 'uiqa_demo.yml')
+SR_YML = osp.join(REPO, 'options', 'demo', 'sr_msrresnet_demo.yml')
+SR_TEST_YML = osp.join(REPO, 'options', 'demo', 'test_sr_msrresnet_demo.yml')
 # The README's demo training command ("Training"); tests/test_readme.py checks that the README shows
 # exactly this line, and the session fixture ``demo_training`` runs it once for test_readme and test_training.
 DEMO_TRAINING = 'python uiqa_plugin/train.py -opt options/demo/uiqa_demo.yml'
@@ -244,6 +246,12 @@ def load_script(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def load_weights(path):
+    """A saved network or training state, on the CPU, read as data (weights_only)."""
+    import torch
+    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 # --- the SR recipe, computed without BasicSR's metric code ----------------------------------------

@@ -13,9 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_resume import load, run_train
-from test_sr_recipe import SR_TEST_YML, SR_YML, logged, sr_options
-from test_training import REPO, write_yaml
+from helpers import REPO, SR_TEST_YML, SR_YML, load_weights as load, logged, run_train, sr_options, write_yaml
 
 TORCHRUN = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
 RRDB = {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'num_grow_ch': 8,

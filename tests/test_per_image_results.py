@@ -10,11 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import REPO, demo_options, independent_sr_per_image, run, sr_options, write_yaml
+from helpers import REPO, SR_TEST_YML, demo_options, independent_sr_per_image, run, sr_options, write_yaml
 from uiqa_plugin.metrics.per_image import per_image_metrics
 from uiqa_plugin.models.prediction_table import output_column_names, prediction_table
 
-SR_TEST_YML = osp.join(REPO, 'options', 'demo', 'test_sr_msrresnet_demo.yml')
 
 
 def read_table(path):

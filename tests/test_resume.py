@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from helpers import demo_options, run_train, write_yaml
+from helpers import demo_options, load_weights as load, run_train, write_yaml
 
 
 def resume_options(demo_data, name, workers=0, **changes):
@@ -21,10 +21,6 @@ def resume_options(demo_data, name, workers=0, **changes):
     opt['datasets']['train']['views'] = opt['datasets']['val']['views'] = {
         'image': {'size': 64}, 'fragments': {'grid': 2, 'patch': 32}, 'salient': {'size': 64}}
     return opt
-
-
-def load(path):
-    return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def assert_same_weights(a, b):

@@ -6,12 +6,11 @@ import sys
 
 import pytest
 
-from helpers import REPO, TEST_PY, TRAIN_PY, independent_sr_scores, logged, run, sr_options, write_yaml
+from helpers import (REPO, SR_TEST_YML, SR_YML, TEST_PY, TRAIN_PY, independent_sr_scores, logged, run, sr_options,
+                     write_yaml)
 
 pytestmark = pytest.mark.slow  # SR trainings and evaluations in subprocesses
 
-SR_YML = osp.join(REPO, 'options', 'demo', 'sr_msrresnet_demo.yml')
-SR_TEST_YML = osp.join(REPO, 'options', 'demo', 'test_sr_msrresnet_demo.yml')
 
 
 def test_tiny_sr_recipe_logs_psnr_and_clipiqa(sr_data, demo_data, tmp_path):
