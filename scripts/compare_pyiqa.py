@@ -59,7 +59,7 @@ def make_openai_rn50_weights(path, seed=0, calibration_images=None):
     """
     import torch.nn.functional as F
 
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, make_random_clip
+    from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD, make_random_clip
     calib = None
     if calibration_images:
         batch = torch.stack([F.interpolate(im[None], size=(224, 224), mode='bilinear', align_corners=False)[0]
@@ -128,7 +128,7 @@ def compare(weight_file, images, ctx, workdir, quick_gelu=None):
     """
     import uiqa_plugin
     from uiqa_plugin.api import load_trained_model
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
+    from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD
     from uiqa_plugin.tools.convert import main as convert_main
     mean, std = torch.tensor(CLIP_MEAN).view(3, 1, 1), torch.tensor(CLIP_STD).view(3, 1, 1)
 

@@ -26,7 +26,7 @@ def main(argv=None):
     import uiqa_plugin  # noqa: F401
     from uiqa_plugin.api import collect_image_paths
     from uiqa_plugin.checkpoint_io import save_checkpoint
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, make_random_clip
+    from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD, make_random_clip
     from uiqa_plugin.data.image_io import image_to_tensor, read_image
 
     paths, problems = collect_image_paths([args.images])

@@ -6,7 +6,7 @@ import torch
 
 from basicsr.metrics import calculate_metric
 from basicsr.utils.registry import METRIC_REGISTRY
-from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
+from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD
 from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic
 from uiqa_plugin.metrics.clipiqa_metric import calculate_clipiqa, calculate_uiqa_checkpoint, clear_model_cache
 
@@ -99,7 +99,7 @@ def test_y_channel_is_bt601_luma_replicated(tiny_metric_factory, clip_opts):
 def test_a_validation_of_100_images_builds_clip_once(clip_opts, monkeypatch):
     import open_clip
     from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     clear_shared_clip()
     counts = {'metric': 0, 'clip': 0}
     init, create = CLIPIQA.__init__, open_clip.create_model
@@ -193,7 +193,7 @@ class TowerCalls:
     """Counts passes of CLIP's image tower (ClipBackbone.encode_image), per tower instance."""
 
     def __init__(self, monkeypatch):
-        from uiqa_plugin.clip_backbone import ClipBackbone
+        from uiqa_plugin.clip import ClipBackbone
         self.calls = []
         encode = ClipBackbone.encode_image
 

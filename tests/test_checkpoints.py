@@ -9,7 +9,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY
 from helpers import write_random_image
 from uiqa_plugin.api import load_trained_model
-from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD, load_clip
+from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD, load_clip
 from uiqa_plugin.data.image_io import read_image
 from uiqa_plugin.data.image_ops import center_crop, fragment_mosaic
 from uiqa_plugin.tools.convert import convert_clipiqa_plus

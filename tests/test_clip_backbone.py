@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uiqa_plugin.clip_backbone import interpolate_grid_embedding, load_clip
+from uiqa_plugin.clip import interpolate_grid_embedding, load_clip
 
 
 @pytest.fixture(scope='module')
@@ -139,7 +139,7 @@ def test_moving_one_model_leaves_the_others_on_their_device(tiny_metric_factory)
 
 def test_fine_tuned_clip_moves_with_its_model(tiny_clip_files):
     from basicsr.utils.registry import ARCH_REGISTRY
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     clear_shared_clip()
     try:
         net = ARCH_REGISTRY.get('CLIPUIQA')(attributes='quality', views=['image'], finetune_clip=['visual.attnpool'],

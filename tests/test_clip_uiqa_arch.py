@@ -90,7 +90,7 @@ def test_state_dict_has_no_clip_unless_fine_tuned(build, tiny_clip_files):
     model = build(attributes='quality,sharpness')
     keys = list(model.state_dict())
     assert keys and not any(k.startswith(('clip.', 'model.')) or 'visual' in k for k in keys)
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     clear_shared_clip()  # fine-tuning unfreezes parts of the shared CLIP: use a fresh one
     try:
         tuned = build(attributes='quality', finetune_clip=['visual.layer4'])

@@ -71,7 +71,7 @@ def test_small_images_are_upscaled_as_uiqa_score_does(tiny_metric_factory, tmp_p
 
 
 def test_normalized_input_metric_takes_floats_as_given(tiny_metric_factory):
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
+    from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD
     plain, normalized = tiny_metric_factory(), tiny_metric_factory(input_normalized=True)
     img = chw(photo(70, 90)).float() / 255.0
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)

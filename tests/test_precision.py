@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uiqa_plugin.clip_backbone import attention_pool, interpolate_grid_embedding
+from uiqa_plugin.clip import attention_pool, interpolate_grid_embedding
 from uiqa_plugin.clip_precision import attention_pool_query, folded_resnet, run_folded_resnet
 
 
@@ -46,7 +46,7 @@ def calibrate_batchnorm(visual, images):
 def calibrated_metric(tiny_clip_files):
     """A factory of CLIPIQA metrics on a private tiny CLIP whose BatchNorm is calibrated on smooth images."""
     from uiqa_plugin.api import create_metric
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     clear_shared_clip()
     made = []
 
@@ -81,7 +81,7 @@ def test_fp32_fused_is_the_same_arithmetic_in_another_order(calibrated_metric):
 
 
 def test_training_step_under_fp32_fused_matches_fp32_gradients(tiny_clip_files):
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     batch = {'image': smooth_images(4, seed=1) - 0.5, 'fragments': smooth_images(4, 32, 32, seed=2) - 0.5}
     target = torch.rand(4, 1, generator=torch.Generator().manual_seed(3))
     grads = {}
@@ -208,7 +208,7 @@ def _uiqa(tiny_clip_files, precision, **kwargs):
 
 @pytest.mark.parametrize('finetune', [(), ('visual.layer4',)])
 def test_training_step_under_bf16_gives_fp32_gradients_close_to_fp32(tiny_clip_files, finetune):
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     batch = {'image': smooth_images(4, seed=1) - 0.5, 'fragments': smooth_images(4, 32, 32, seed=2) - 0.5}
     target = torch.rand(4, 1, generator=torch.Generator().manual_seed(3))
     grads = {}
@@ -259,7 +259,7 @@ def test_caches_filled_under_inference_mode_serve_gradients(calibrated_metric):
 
 def test_cached_text_features_from_inference_mode_serve_training(tiny_clip_files):
     """Scoring under torch.inference_mode fills the text cache; a later training step must be able to use it."""
-    from uiqa_plugin.clip_backbone import clear_shared_clip
+    from uiqa_plugin.clip import clear_shared_clip
     clear_shared_clip()
     try:
         net = _uiqa(tiny_clip_files, 'fp32', prompt='fixed', finetune_clip=['visual.attnpool'])

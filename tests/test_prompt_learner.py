@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from uiqa_plugin.archs.prompt_learner import PromptLearner
-from uiqa_plugin.clip_backbone import load_clip
+from uiqa_plugin.clip import load_clip
 
 
 @pytest.fixture(scope='module')

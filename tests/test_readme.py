@@ -188,3 +188,27 @@ def check_documented_output(documented, log):
     ran_final, ran_best = (float(v) for v in re.findall(pattern, log)[-1])
     assert ran_final == pytest.approx(final, abs=DEMO_SRCC_SPREAD), log[-3000:]
     assert ran_best == pytest.approx(best, abs=DEMO_SRCC_SPREAD), log[-3000:]
+
+
+def test_layout_table_matches_the_tree():
+    """Every module and package directly under uiqa_plugin/ is named in the README's layout table, and every
+    uiqa_plugin path the table names exists."""
+    with open(README, encoding='utf-8') as f:
+        text = f.read()
+    table = text[text.index('## Layout'):text.index('## Known limits')]
+    named = set()
+    for cell in re.findall(r'^\| ([^|]+) \|', table, flags=re.M):
+        paths = re.findall(r'`([^`]+)`', cell)
+        folder = ''
+        for path in paths:
+            if path.startswith('uiqa_plugin/'):
+                folder = osp.dirname(path.rstrip('/'))
+                named.add(path.rstrip('/'))
+            elif folder:  # `metrics/`, `test.py` after a first full path: relative to its folder
+                named.add(osp.join(folder, path.rstrip('/')))
+    package = osp.join(REPO, 'uiqa_plugin')
+    present = {f'uiqa_plugin/{name}' for name in os.listdir(package)
+               if (name.endswith('.py') and name != '__init__.py')
+               or osp.isfile(osp.join(package, name, '__init__.py'))}
+    assert sorted(present - named) == [], 'modules the layout table does not name'
+    assert sorted(named - present) == [], 'paths the layout table names that do not exist'

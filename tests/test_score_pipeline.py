@@ -105,7 +105,7 @@ def resnet_min_side(downsampling_stages=3):
 
 
 def test_minimum_input_side_of_the_towers(tiny_clip_files):
-    from uiqa_plugin.clip_backbone import load_clip
+    from uiqa_plugin.clip import load_clip
     rn = load_clip(tiny_clip_files['config'], tiny_clip_files['openai'])
     vit = load_clip(tiny_clip_files['vit_config'], tiny_clip_files['vit_weights'])
     assert minimum_input_side(rn) == resnet_min_side() == 31

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from helpers import (REPO, SR_TEST_YML, SR_YML, TEST_PY, TRAIN_PY, independent_sr_scores, logged, run, sr_options,
+from helpers import (SR_TEST_YML, SR_YML, TEST_PY, TRAIN_PY, independent_sr_scores, logged, run, sr_options,
                      write_yaml)
 
 pytestmark = pytest.mark.slow  # SR trainings and evaluations in subprocesses

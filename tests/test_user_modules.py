@@ -82,7 +82,7 @@ def test_unknown_arch_message_names_the_recorded_modules():
 
 def expected_scores(checkpoint, paths):
     """MeanColourNet by hand from the saved weights, on CLIP-normalized images."""
-    from uiqa_plugin.clip_backbone import CLIP_MEAN, CLIP_STD
+    from uiqa_plugin.clip import CLIP_MEAN, CLIP_STD
     params = torch.load(checkpoint, map_location='cpu', weights_only=True)['params']
     out = {}
     for path in paths:

@@ -10,7 +10,7 @@ import json
 import os.path as osp
 
 from uiqa_plugin.archs.prompt_learner import POSITIONS
-from uiqa_plugin.clip_backbone import POS_EMBED_MODES
+from uiqa_plugin.clip import POS_EMBED_MODES
 from uiqa_plugin.clip_precision import PRECISIONS
 from uiqa_plugin.option_rules import Block, Number, OneOf, did_you_mean
 from uiqa_plugin.prompts import resolve_attributes

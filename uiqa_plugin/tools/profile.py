@@ -18,7 +18,7 @@ import os.path as osp
 import sys
 import warnings
 
-from uiqa_plugin.tools.output_table import format_table, missing_folder, write_table
+from uiqa_plugin.scoring.table import format_table, missing_folder, write_table
 from uiqa_plugin.tools.score import add_clip_arguments
 
 # The imports inside the commands below buy start-up time: --help, option errors and `phrasings` answer
@@ -518,7 +518,7 @@ def main(argv=None):
         return exc.code
     except (KeyError, ValueError, OSError, RuntimeError) as exc:
         # ClipLoadError (a RuntimeError) and ImageReadError are only known once scoring imported them
-        clip_errors = sys.modules.get('uiqa_plugin.clip_backbone')
+        clip_errors = sys.modules.get('uiqa_plugin.clip')
         if clip_errors is not None and isinstance(exc, clip_errors.ClipLoadError):
             _say(args.command, exc.message(clip_errors.CLI_OPTION_NAMES))
             return 2
