@@ -133,3 +133,21 @@ def test_report_renders_and_sorts_in_headless_chromium(scored, tmp_path):
         run = _render(f'file://{page}#sort=happy{suffix}', '--dump-dom')
         names = re.findall(r'<td class="name" data-v="([^"]+)"', run.stdout)
         assert [html.unescape(n) for n in names] == expected, run.stderr[-2000:]
+
+
+def test_the_page_is_written_through_a_unique_temporary_file(scored, tmp_path):
+    """A fixed temporary name (report.html.tmp) collided with whatever held that name (another run's page
+    in progress, a folder): the page goes through a unique temporary file and leaves none behind."""
+    _, result, _ = scored
+    out = tmp_path / 'report.html'
+    (tmp_path / 'report.html.tmp').mkdir()  # the old fixed name, taken
+    page = write_report(result.rows, result.attribute_names, str(out), images='link', progress=False)
+    assert page == str(out) and '<table' in out.read_text(encoding='utf-8')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['report.html', 'report.html.tmp']
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # as any file the user creates
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

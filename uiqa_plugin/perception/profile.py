@@ -8,7 +8,6 @@ giving (N, K) adds K columns named ``<name>/<attribute>``, from its ``attribute_
     >>> metric = uiqa_plugin.create_metric('feel')
     >>> result = profile_images(metric, ['photos/'], extra_scorers={'quality_model': trained_net})
 """
-import csv
 import importlib
 import json
 import os.path as osp
@@ -19,6 +18,7 @@ import torch.nn as nn
 
 from uiqa_plugin.api import score_paths
 from uiqa_plugin.perception.ensembles import base_name
+from uiqa_plugin.scoring.table import decode_path, load_records
 
 
 class ProfileScorer(nn.Module):
@@ -120,20 +120,8 @@ def read_score_table(path):
     ``random_weights`` (rows of a table scored with random weights keep ``random_weights: True``).
     Raises ValueError naming the file, row and column of a missing path or non-numeric score.
     """
-    suffix = osp.splitext(str(path))[1].lower()
     try:
-        with open(path, encoding='utf-8-sig', newline='') as f:
-            if suffix == '.json':
-                raw = json.load(f)
-                if not isinstance(raw, list) or not all(isinstance(r, dict) for r in raw):
-                    raise ValueError(f'{path}: expected a JSON list of objects, one per image')
-                columns = list(raw[0]) if raw else []
-            elif suffix == '.csv':
-                reader = csv.DictReader(f)
-                raw = list(reader)
-                columns = list(reader.fieldnames or [])
-            else:
-                raise ValueError(f'{path}: a score table must end in .csv or .json')
+        raw, columns = load_records(path)
     except OSError as exc:
         raise ValueError(f'{path}: cannot read score table ({exc.strerror or exc})') from None
     except json.JSONDecodeError as exc:
@@ -145,7 +133,7 @@ def read_score_table(path):
         raise ValueError(f'{path}: no score columns besides "path"')
     rows = []
     for number, record in enumerate(raw, start=1):
-        row = {'path': str(record.get('path') or '')}
+        row = {'path': decode_path(str(record.get('path') or ''))}
         if str(record.get(RANDOM_WEIGHTS_COLUMN, '')).lower() in ('1', '1.0', 'true'):
             row[RANDOM_WEIGHTS_COLUMN] = True  # scored by a random CLIP: the report shows the banner
         if not row['path']:

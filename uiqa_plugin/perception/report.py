@@ -14,6 +14,7 @@ import os.path as osp
 import urllib.parse
 import warnings
 
+from uiqa_plugin.checkpoint_io import write_atomically
 from uiqa_plugin.perception.radar import figure_bytes, radar_chart, thumbnail
 
 _STYLE = """
@@ -194,9 +195,5 @@ def write_report(rows, attribute_names, out_path, images='embed', attributes=Non
             f'{_prompt_list(attributes)}'
             f'<h2>Radar charts</h2><div class="cards">{"".join(cards)}</div>'
             f'<script>{_SCRIPT}</script></body></html>\n')
-    os.makedirs(page_dir, exist_ok=True)
-    tmp = out_path + '.tmp'
-    with open(tmp, 'w', encoding='utf-8') as f:
-        f.write(page)
-    os.replace(tmp, out_path)
-    return out_path
+    # a unique temporary file beside the page, fsynced, then renamed: never half a page, two runs never collide
+    return write_atomically(out_path, lambda f: f.write(page), mode='w', encoding='utf-8')

@@ -115,21 +115,32 @@ def format_table(rows, columns, digits=4):
     return '\n'.join(lines)
 
 
+def load_records(path):
+    """(records, columns) of a .csv or .json table as written by ``write_table``: one dict of strings (CSV) or
+    values (JSON) per row. The one place that opens score tables: UTF-8, a leading BOM (a spreadsheet's
+    export) skipped. Raises OSError, ValueError (json.JSONDecodeError included) for the callers to word."""
+    suffix = osp.splitext(str(path))[1].lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise ValueError(f'{path}: a score table must end in .csv or .json')
+    with open(path, encoding='utf-8-sig', newline='') as f:
+        if suffix == '.json':
+            records = json.load(f)
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise ValueError(f'{path}: expected a JSON list of objects, one per image')
+            return records, list(records[0]) if records else []
+        reader = csv.DictReader(f)
+        records = list(reader)
+        return records, list(reader.fieldnames or [])
+
+
 def read_table(path, columns):
     """Rows of a table written by ``write_table`` (CSV or JSON), checked to have ``['path'] + columns``."""
     expected = ['path'] + list(columns)
     try:
-        if path.lower().endswith('.json'):
-            with open(path, encoding='utf-8') as f:
-                data = json.load(f)
-            found = list(data[0]) if data else expected
-        else:
-            with open(path, encoding='utf-8', newline='') as f:
-                reader = csv.DictReader(f)
-                data = list(reader)
-                found = reader.fieldnames or expected
+        data, found = load_records(path)
     except (OSError, ValueError) as exc:
         raise OutputError(f'{path}: cannot read it to resume ({exc}); move it away or drop --resume') from exc
+    found = found or expected  # an empty table
     if found != expected:
         raise OutputError(f'{path}: has the columns {found}, this run gives {expected}; '
                           'use another --out to resume with other attributes')
