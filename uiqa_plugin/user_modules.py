@@ -66,7 +66,7 @@ def _import_file(path):
 
 def import_user_modules(names):
     """Import each module (dotted name or .py path); returns the modules. Raises UserModuleError."""
-    import uiqa_plugin  # noqa: F401  (basicsr compatibility before a user module imports basicsr)
+    # no import needed for basicsr's compatibility fix: importing this package installed it (uiqa_plugin.compat)
     if os.getcwd() not in sys.path and '' not in sys.path:
         sys.path.append(os.getcwd())  # scripts run with their own folder first; users expect the working dir too
     modules = []

@@ -160,7 +160,7 @@ def usage_problem(args, world):
 
 
 def load_model(args, argv, device):
-    import uiqa_plugin
+    from uiqa_plugin.api import create_metric
     from uiqa_plugin.clip.pretrained import trusting
     with warnings.catch_warnings(), trusting(args.trust_checkpoint):  # also for a --clip-pretrained archive
         # a random CLIP is said in plain words after loading (see main), not as a warning with a source line
@@ -174,10 +174,9 @@ def load_model(args, argv, device):
                 clip_model=args.clip_model if '--clip-model' in explicit else None,
                 clip_pretrained=args.clip_pretrained if '--clip-pretrained' in explicit else None,
                 quick_gelu=args.quick_gelu, trust=args.trust_checkpoint, precision=args.precision)
-        return uiqa_plugin.create_metric(args.attributes or 'quality', clip_model=args.clip_model,
-                                         clip_pretrained=args.clip_pretrained, device=device,
-                                         keep_pos_embed=args.keep_pos_embed, quick_gelu=args.quick_gelu,
-                                         precision=args.precision or 'fp32')
+        return create_metric(args.attributes or 'quality', clip_model=args.clip_model,
+                             clip_pretrained=args.clip_pretrained, device=device, keep_pos_embed=args.keep_pos_embed,
+                             quick_gelu=args.quick_gelu, precision=args.precision or 'fp32')
 
 
 def rank_device(args, ranks):
@@ -210,11 +209,11 @@ def run_record(args, metric):
 
 def score_to_table(args, metric):
     """No --out, one process: score everything, then print the table."""
-    import uiqa_plugin
+    from uiqa_plugin.api import score_paths
     try:
-        result = uiqa_plugin.score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
-                                         progress=not args.no_progress, workers=args.workers,
-                                         max_pixels=max_pixels(args), prepare=input_preparation(args))
+        result = score_paths(metric, args.inputs, batch_size=args.batch_size, strict=args.strict,
+                             progress=not args.no_progress, workers=args.workers, max_pixels=max_pixels(args),
+                             prepare=input_preparation(args))
     except (OSError, ValueError) as exc:
         say(exc)
         return 1
