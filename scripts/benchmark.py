@@ -4,7 +4,7 @@
     python scripts/benchmark.py train      [--precisions fp32 bf16] [--train-batch-sizes 8] [--iters 2]
     python scripts/benchmark.py deviation  [--images-dir datasets/demo/256x192] [--clip-model ... --clip-pretrained ...]
     python scripts/benchmark.py all --json bench.json
-    PYTHONPATH=$PWD /work/venv-pyiqa/bin/python scripts/benchmark.py score   # a Python with pyiqa: adds the peer
+    PYTHONPATH=$PWD venv-pyiqa/bin/python scripts/benchmark.py score   # a Python with pyiqa: adds the peer
 
 ``score`` times the zero-shot model on the same 1024 x 768 images, batch by batch, for
 each precision and, when pyiqa is installed (optional, never a requirement), pyiqa's
@@ -29,7 +29,6 @@ import argparse
 import ctypes
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -41,44 +40,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def progress(message):
-    print(f'[{time.strftime("%H:%M:%S")}] {message}', file=sys.stderr, flush=True)
-
-
-def sync(device):
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
+from bench_common import machine_facts, make_images, progress, sync, write_jpegs  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- machine facts
-
-def cpu_facts():
-    """CPU model and whether it has bf16 / fp16 matrix units (from /proc/cpuinfo flags)."""
-    flags, name = set(), platform.processor()
-    try:
-        with open('/proc/cpuinfo', encoding='utf-8') as f:
-            for line in f:
-                if line.startswith('flags') and not flags:
-                    flags = set(line.split(':', 1)[1].split())
-                elif line.startswith('model name'):
-                    name = line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return {'cpu': name, 'threads': torch.get_num_threads(),
-            'avx512_bf16': 'avx512_bf16' in flags, 'amx_bf16': 'amx_bf16' in flags,
-            'avx512_fp16': 'avx512_fp16' in flags, 'amx_fp16': 'amx_fp16' in flags}
-
-
-def machine_facts(device):
-    facts = {'device': str(device), 'torch': torch.__version__, **cpu_facts()}
-    if torch.device(device).type == 'cuda':
-        facts['gpu'] = torch.cuda.get_device_name(device)
-    return facts
-
 
 DTYPES = {'fp32': torch.float32, 'fp32-fused': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 
@@ -168,24 +135,6 @@ def flops_per_image(fn, batch):
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def make_images(count, size, seed=0):
-    """``count`` smooth random RGB images (N, 3, H, W) in [0, 1], size = (W, H)."""
-    g = torch.Generator().manual_seed(seed)
-    w, h = size
-    coarse = torch.rand(count, 3, h // 16, w // 16, generator=g)
-    return torch.nn.functional.interpolate(coarse, size=(h, w), mode='bicubic', align_corners=False).clamp(0, 1)
-
-
-def write_jpegs(images, folder):
-    from PIL import Image
-    paths = []
-    for i, im in enumerate(images):
-        path = os.path.join(folder, f'bench_{i:04d}.jpg')
-        Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path, quality=90)
-        paths.append(path)
-    return paths
-
 
 def rn50_weights(args, folder):
     if args.weights:

@@ -11,28 +11,18 @@ the default workers.
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
-from PIL import Image
 
-import uiqa_plugin
-from uiqa_plugin.data.image_io import image_to_tensor, read_image
-from uiqa_plugin.scoring import default_workers
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_common beside this script
 
-
-def make_images(folder, count, width, height, seed=0):
-    rng = np.random.RandomState(seed)
-    paths = []
-    for i in range(count):
-        small = rng.randint(0, 256, (height // 16, width // 16, 3), dtype=np.uint8)  # smooth-ish, JPEG-like cost
-        img = Image.fromarray(small).resize((width, height), Image.BICUBIC)
-        path = os.path.join(folder, f'{i:05d}.jpg')
-        img.save(path, quality=90)
-        paths.append(path)
-    return paths
+import uiqa_plugin  # noqa: E402
+from bench_common import make_images, write_jpegs  # noqa: E402
+from uiqa_plugin.data.image_io import image_to_tensor, read_image  # noqa: E402
+from uiqa_plugin.scoring import default_workers  # noqa: E402
 
 
 def model_only(metric, batch, batch_size, count):
@@ -70,7 +60,7 @@ def main():
                                        device=args.device)
     with tempfile.TemporaryDirectory() as folder:
         print(f'writing {args.images} JPEGs of {args.size[0]}x{args.size[1]} ...', flush=True)
-        paths = make_images(folder, args.images, *args.size)
+        paths = write_jpegs(make_images(args.images, tuple(args.size)), folder)
         batch = torch.stack([image_to_tensor(read_image(p)) for p in paths[:args.batch_size]])
         end_to_end(metric, paths[:args.batch_size], args.batch_size, 0)  # warm-up: text features, kernels
         best = {'model only': 0.0, **{f'workers={w}': 0.0 for w in args.workers}}
