@@ -141,15 +141,6 @@ class CLIPUIQA(SharedClipMixin, nn.Module):
         parts = clip.unfreeze(list(finetune_clip), keep_frozen=unused) if finetune_clip else {}
         self.clip_trainable = nn.ModuleDict({k.replace('.', '__'): m for k, m in parts.items()})
 
-    @property
-    def resolved_options(self):
-        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
-        return {'quick_gelu': self.clip.quick_gelu}
-
-    @property
-    def attribute_names(self):
-        return [attr.name for attr in self.attributes]
-
     def train(self, mode=True):
         super().train(mode)
         # Fine-tuned CLIP parts keep their BatchNorm statistics (RN towers), as CLIP-IQA+ keeps CLIP: eval mode always.

@@ -49,15 +49,6 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         group = [i for i, attr in enumerate(self.attributes) for _ in attr.pairs]
         self.register_buffer('group_index', torch.tensor(group, dtype=torch.long), persistent=False)
 
-    @property
-    def resolved_options(self):
-        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
-        return {'quick_gelu': self.clip.quick_gelu}
-
-    @property
-    def attribute_names(self):
-        return [attr.name for attr in self.attributes]
-
     def encode_images(self, images):
         """(N, 3, H, W) -> unit-norm features (N, D): one pass of the image tower for all attributes."""
         if not self.input_normalized:

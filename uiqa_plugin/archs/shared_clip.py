@@ -1,4 +1,4 @@
-"""How archs hold the one shared, frozen CLIP."""
+"""How archs hold the one shared, frozen CLIP, and what every CLIP arch tells its checkpoints and tables."""
 
 
 class SharedClipMixin:
@@ -16,3 +16,13 @@ class SharedClipMixin:
         super()._apply(fn, recurse)
         self._attach_clip(self.clip.variant(fn))
         return self
+
+    @property
+    def resolved_options(self):
+        """Arch options resolved at build time that a checkpoint must record to rebuild the same model."""
+        return {'quick_gelu': self.clip.quick_gelu}
+
+    @property
+    def attribute_names(self):
+        """The names of the scored attributes (``self.attributes``), one output column each."""
+        return [attr.name for attr in self.attributes]
