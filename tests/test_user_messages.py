@@ -139,3 +139,19 @@ def test_score_result_as_a_dataframe():
     frame = result.to_dataframe()
     assert list(frame.columns) == ['path', 'quality', 'happy'] and frame['happy'].tolist() == [0.5, 0.125]
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_file_names_with_terminal_escapes_are_shown_escaped(tmp_path, capsys, monkeypatch):
+    """A file name holding ANSI escape codes (here: clear the screen) reaches the terminal as text in the
+    messages of uiqa-profile and of train.py / test.py, as it does in uiqa-score's."""
+    from uiqa_plugin.runner.command_line import exit_with_message
+    from uiqa_plugin.tools.profile import main as profile_main
+    table = str(tmp_path / 'scores\x1b[2J.csv')
+    assert profile_main(['radar', '--table', table, '--out-dir', str(tmp_path / 'charts')]) != 0
+    err = capsys.readouterr().err
+    assert '\x1b' not in err and 'scores\\x1b[2J.csv' in err, err
+    monkeypatch.delenv('TORCHELASTIC_ERROR_FILE', raising=False)
+    with pytest.raises(SystemExit):
+        exit_with_message(f'error: {tmp_path}/opt\x1b[2J.yml: option file not found', 2)
+    err = capsys.readouterr().err
+    assert '\x1b' not in err and 'opt\\x1b[2J.yml: option file not found' in err, err

@@ -30,6 +30,7 @@ from uiqa_plugin.runner.basicsr_patches import fill_defaults, init_dist, patch_b
 from uiqa_plugin.runner.experiment_lock import ExperimentInUseError
 from uiqa_plugin.runner.pipelines import test_pipeline, train_pipeline
 from uiqa_plugin.runner.training_state import trust_checkpoint
+from uiqa_plugin.terminal import printable
 from uiqa_plugin.user_modules import import_from_argv
 
 
@@ -65,6 +66,7 @@ def exit_with_message(message, code=1, every_rank=False):
     any rank talks to another); the other ranks then exit quietly with 0, so that the summary
     lists rank 0's error once instead of one copy per rank.
     """
+    message = printable(message)  # option values and file names may hold terminal escapes
     rank = _launched_rank()
     error_file = os.environ.get('TORCHELASTIC_ERROR_FILE')
     if error_file and every_rank and rank != 0:

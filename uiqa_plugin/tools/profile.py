@@ -19,6 +19,7 @@ import sys
 import warnings
 
 from uiqa_plugin.scoring.table import format_table, missing_folder, write_table
+from uiqa_plugin.terminal import printable
 from uiqa_plugin.tools.score import add_clip_arguments
 
 # The imports inside the commands below buy start-up time: --help, option errors and `phrasings` answer
@@ -36,7 +37,7 @@ class CommandError(Exception):
 
 
 def _say(command, message):
-    print(f'{PROG} {command}: {message}', file=sys.stderr)
+    print(printable(f'{PROG} {command}: {message}'), file=sys.stderr)  # file names may hold terminal escapes
 
 
 def error_message(exc):
