@@ -370,11 +370,11 @@ def main(argv=None):
     except (OptionError, UserModuleError) as exc:
         say(str(exc))
         return 2
-    from uiqa_plugin.scoring.outputs import OutputError, check_output_path
     problem = usage_problem(args, int(os.environ.get('WORLD_SIZE', 1)))  # the launcher's count, as Ranks reads it
     if problem:
         say(problem)
         return 2
+    from uiqa_plugin.scoring.outputs import OutputError, check_output_path  # imports torch (through data/)
     if nothing_to_score(args):
         return 1
     if args.out:
