@@ -80,6 +80,8 @@ def test_killed_run_resumes_bit_identical_with_best_checkpoint(demo_data, tmp_pa
     assert state['best_metric_results'] == ref_state['best_metric_results']
     # The optimizer and the schedule continue, not restart: AdamW's step count, the scheduler and the logged
     # learning rates after iteration 20 are those of the uninterrupted run.
+    # (the model's own state, BasicSR's <iter>.state, beside the loop's <iter>.loop.pth)
+    state, ref_state = (load(e / 'training_states' / '30.state') for e in (exp, ref_exp))
     steps = lambda s: {int(v['step']) for v in s['optimizers'][0]['state'].values()}  # noqa: E731
     assert steps(state) == steps(ref_state) == {30}
     assert state['schedulers'] == ref_state['schedulers']
