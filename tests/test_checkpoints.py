@@ -118,3 +118,27 @@ def test_multi_pair_reference_and_pyiqa_formats(tiny_clip_files, tmp_path):
         'prompt_learner.ctx'][0], bare)
     with pytest.raises(ValueError, match='no learned prompt context'):
         convert_clipiqa_plus({'state_dict': {'a': torch.zeros(1)}}, 'quality')
+
+
+def test_checkpoint_format_round_trip_and_one_wording_for_missing_clip_files(tmp_path, uiqa_checkpoint_factory):
+    """checkpoint_payload writes what read_checkpoint reads back (absolute CLIP paths, checked options,
+    the weights as saved); a CLIP file that is not here is named with its key, in the one wording."""
+    import os.path as osp
+
+    from uiqa_plugin.checkpoint_format import checkpoint_payload, read_checkpoint
+    path, net = uiqa_checkpoint_factory({'image': {}})
+    stored = torch.load(path, weights_only=True)['network_g']
+    relative = dict(stored, clip_model=osp.relpath(stored['clip_model']))
+    payload = checkpoint_payload(net.state_dict(), relative, {'views': {'image': {}}}, [], net.attribute_names)
+    assert payload['network_g']['clip_model'] == osp.abspath(stored['clip_model'])  # stored absolute
+    written = tmp_path / 'round.pth'
+    torch.save(payload, written)
+    back = read_checkpoint(str(written))
+    assert back['network_g'] == payload['network_g'] and back['attribute_names'] == ['quality', 'sharpness']
+    assert back['params'].keys() == net.state_dict().keys()
+    assert all(torch.equal(back['params'][k], v) for k, v in net.state_dict().items())
+    payload['network_g']['clip_pretrained'] = str(tmp_path / 'gone.pt')
+    torch.save(payload, written)
+    with pytest.raises(ValueError, match=r'round.pth: it was trained with CLIP files that are not here: '
+                                         r'clip_pretrained \S*gone.pt; point at them with --clip-pretrained'):
+        load_trained_model(str(written))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from uiqa_plugin.checkpoint_io import check_finite, load_checkpoint
+from uiqa_plugin.checkpoint_format import missing_clip_message, missing_clip_paths, read_checkpoint
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import build_transforms, evaluation_transform_specs, view_pipeline  # noqa: F401
 from uiqa_plugin.devices import default_device  # noqa: F401 (public API)
@@ -63,14 +63,11 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     """
     from basicsr.utils.registry import ARCH_REGISTRY  # lazy: importing basicsr loads all its archs and models
     from uiqa_plugin.clip.pretrained import trusting  # lazy: importing open_clip takes seconds
-    from uiqa_plugin.models.iqa_model import missing_clip_paths  # lazy: imports basicsr
-    ckpt = load_checkpoint(checkpoint, trust=trust)
+    ckpt = read_checkpoint(checkpoint, trust=trust)  # options checked as an option file's, weights finite
     if not isinstance(ckpt, dict) or 'params' not in ckpt or 'network_g' not in ckpt:
         raise ValueError(f'{checkpoint}: not a uiqa-plugin checkpoint (needs "params" and "network_g"; '
                          'convert published CLIP-IQA+ weights with uiqa-convert)')
-    from uiqa_plugin.options import check_checkpoint_options
-    # the same rules as an option file (an OptionError is a ValueError); a user's arch must be imported first
-    options = check_checkpoint_options(ckpt, checkpoint, ckpt.get('imports'))
+    options = dict(ckpt['network_g'])
     arch = options.pop('type')
     if clip_model is not None:
         options['clip_model'] = clip_model
@@ -79,22 +76,13 @@ def load_trained_model(checkpoint, device=None, clip_model=None, clip_pretrained
     missing = missing_clip_paths(options)
     if missing:
         flags = {'clip_model': '--clip-model', 'clip_pretrained': '--clip-pretrained'}
-        raise ValueError(f'{checkpoint}: it was trained with CLIP files that are not here: ' +
-                         ', '.join(f'{k} {v}' for k, v in missing) + '; point at them with ' +
-                         ' / '.join(flags[k] for k, _ in missing) + ' (uiqa-score) or ' +
-                         ' / '.join(f'{k}=' for k, _ in missing) + ' (load_trained_model)')
+        how = (f'point at them with {" / ".join(flags[k] for k, _ in missing)} (uiqa-score) or '
+               f'{" / ".join(f"{k}=" for k, _ in missing)} (load_trained_model)')
+        raise ValueError(missing_clip_message(checkpoint, missing, how))
     if quick_gelu is not None:  # else the activation the checkpoint recorded (or the weights' rule)
         options['quick_gelu'] = quick_gelu
     if precision is not None:  # else the precision it was trained with
         options['precision'] = precision
-    for key in ('params', 'params_ema'):
-        value = ckpt.get(key)
-        if key == 'params_ema' and value is None:
-            continue
-        if not isinstance(value, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()):
-            raise ValueError(f'{checkpoint}: "{key}" must be a state dict (parameter name -> tensor), got '
-                             f'{type(value).__name__}')
-        check_finite(value, f'{checkpoint} ({key})')
     with trusting(trust):
         model = ARCH_REGISTRY.get(arch)(**options)
     params = ckpt['params_ema'] if isinstance(ckpt.get('params_ema'), dict) else ckpt['params']

@@ -16,7 +16,6 @@ Differences from BasicSR's SRModel, each for a reason:
 """
 import contextlib
 import inspect
-import os
 import os.path as osp
 from collections import OrderedDict
 from copy import deepcopy
@@ -29,8 +28,9 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from uiqa_plugin.checkpoint_io import (TRUST_HINT, CheckpointReadError, CheckpointWriteError, load_checkpoint,
-                                      looks_like_path, save_checkpoint)
+from uiqa_plugin.checkpoint_format import (CLIP_PATH_KEYS, checkpoint_payload, missing_clip_message, missing_clip_paths,
+                                           read_checkpoint)
+from uiqa_plugin.checkpoint_io import CheckpointReadError, CheckpointWriteError, save_checkpoint
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import DEFAULT_METRICS, compute_metrics
@@ -41,26 +41,6 @@ from uiqa_plugin.rank_gather import gather_predictions
 from uiqa_plugin.user_modules import recorded_imports
 
 DDP_PARAMETERS = inspect.signature(DistributedDataParallel.__init__).parameters
-
-
-#: arch options that name CLIP weights; stored as absolute paths when they are files
-CLIP_PATH_KEYS = ('clip_model', 'clip_pretrained')
-
-
-def absolute_clip_paths(net_opt):
-    """``net_opt`` with the CLIP config / weight files that exist here as absolute paths."""
-    net_opt = deepcopy(net_opt)
-    for key in CLIP_PATH_KEYS:
-        value = net_opt.get(key)
-        if isinstance(value, str) and osp.exists(osp.expanduser(value)):
-            net_opt[key] = osp.abspath(osp.expanduser(value))
-    return net_opt
-
-
-def missing_clip_paths(net_opt):
-    """(key, path) of CLIP files named by ``net_opt`` that do not exist here."""
-    return [(k, net_opt[k]) for k in CLIP_PATH_KEYS
-            if looks_like_path(net_opt.get(k)) and not osp.exists(osp.expanduser(net_opt[k]))]
 
 
 @MODEL_REGISTRY.register()
@@ -88,7 +68,7 @@ class IQAModel(BaseModel):
 
     def _read_checkpoint(self, path):
         if path not in self._pretrained:
-            self._pretrained = {path: load_checkpoint(path, trust=self.trust, trust_hint=TRUST_HINT)}
+            self._pretrained = {path: read_checkpoint(path, trust=self.trust)}  # options and weights checked
         return self._pretrained[path]
 
     def _network_options(self):
@@ -120,9 +100,8 @@ class IQAModel(BaseModel):
                                f'{differ}: using the checkpoint\'s ({stored})')
         missing = missing_clip_paths(chosen)
         if missing:
-            raise ValueError(f'{load_path}: the CLIP files stored in the checkpoint are not here: ' +
-                             ', '.join(f'{k} {v}' for k, v in missing) +
-                             '; set network_g.clip_model / network_g.clip_pretrained in the option file')
+            raise ValueError(missing_clip_message(
+                load_path, missing, 'set network_g.clip_model / network_g.clip_pretrained in the option file'))
         self.opt['network_g'] = chosen
         return chosen
 
@@ -367,17 +346,11 @@ class IQAModel(BaseModel):
     def network_payload(self, net, param_key='params'):
         """The checkpoint dict: what trains, the arch options (absolute CLIP paths) and the preprocessing."""
         bare = self.get_bare_model(net)
-        payload = {param_key: OrderedDict((k, v.detach().cpu()) for k, v in bare.state_dict().items())}
-        if self.ema is not None and net is self.net_g:
-            payload['params_ema'] = self.ema.state_dict(bare)
-        preprocessing = self.evaluation_preprocessing()
+        params = OrderedDict((k, v.detach().cpu()) for k, v in bare.state_dict().items())
+        ema = self.ema.state_dict(bare) if self.ema is not None and net is self.net_g else None
         network_g = {**self.opt['network_g'], **getattr(bare, 'resolved_options', {})}  # e.g. the quick_gelu in use
-        payload.update({'network_g': absolute_clip_paths(network_g),
-                        'attribute_names': list(getattr(bare, 'attribute_names', [])),
-                        'preprocessing': preprocessing,  # lets uiqa-score rebuild the exact views
-                        'view_options': deepcopy((preprocessing or {}).get('views')),
-                        'imports': recorded_imports(self.opt)})  # user modules the arch needs (never auto-imported)
-        return payload
+        return checkpoint_payload(params, network_g, self.evaluation_preprocessing(), recorded_imports(self.opt),
+                                  getattr(bare, 'attribute_names', []), params_ema=ema, param_key=param_key)
 
     def save_network(self, net, net_label, current_iter, param_key='params'):
         """Save what trains and the options that rebuild the network and its inputs (never the frozen CLIP)."""

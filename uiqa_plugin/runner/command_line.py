@@ -21,11 +21,12 @@ import time
 import yaml
 
 from uiqa_plugin import archs, data, losses, metrics, models, perception  # noqa: F401  (register our classes)
-from uiqa_plugin.checkpoint_io import TRUST_HINT, CheckpointReadError, CheckpointWriteError, load_checkpoint
+from uiqa_plugin.checkpoint_format import read_checkpoint
+from uiqa_plugin.checkpoint_io import CheckpointReadError, CheckpointWriteError
 from uiqa_plugin.clip import ClipLoadError, load_clip_for_network, yaml_option_names
 from uiqa_plugin.clip.pretrained import trusting
 from uiqa_plugin.option_error import OptionError
-from uiqa_plugin.options import check_checkpoint_options, validate_options
+from uiqa_plugin.options import validate_options
 from uiqa_plugin.runner.basicsr_patches import fill_defaults, init_dist, patch_basicsr
 from uiqa_plugin.runner.experiment_lock import ExperimentInUseError
 from uiqa_plugin.runner.pipelines import test_pipeline, train_pipeline
@@ -139,12 +140,9 @@ def network_from_checkpoint(opt):
     ckpt_path = opt['path'].get('pretrain_network_g') if isinstance(opt.get('path'), dict) else None
     if not isinstance(ckpt_path, str) or not osp.isfile(osp.expanduser(ckpt_path)):
         return None
-    trust = bool(opt['path'].get('trust_checkpoint'))
-    ckpt = load_checkpoint(osp.expanduser(ckpt_path), trust=trust, trust_hint=TRUST_HINT)
-    if not isinstance(ckpt, dict) or 'network_g' not in ckpt:
-        return None
     # the stored options (network_g, preprocessing) pass the same checks as an option file's
-    return check_checkpoint_options(ckpt, ckpt_path, ckpt.get('imports'))
+    ckpt = read_checkpoint(osp.expanduser(ckpt_path), trust=bool(opt['path'].get('trust_checkpoint')))
+    return ckpt['network_g'] if isinstance(ckpt, dict) and 'network_g' in ckpt else None
 
 
 def check_options(args, is_train):
@@ -169,7 +167,7 @@ def check_options(args, is_train):
         stored = network_from_checkpoint(opt) if not is_train and 'network_g' not in opt else None
         # The model builds the checkpoint's network (and logs that it does): check it, keep the options as given.
         validate_options(dict(opt, network_g=stored) if stored else opt, is_train=is_train, source=source)
-    except (OptionError, CheckpointReadError) as exc:
+    except ValueError as exc:  # OptionError, CheckpointReadError, a stored state dict that is not one
         exit_with_message(f'error: {exc}', 2, every_rank=True)
     return opt
 
