@@ -93,17 +93,25 @@ def optimize_parameters(self, current_iter):
         os.kill(os.getpid(), signal.SIGINT)
     return original(self, current_iter)
 IQAModel.optimize_parameters = optimize_parameters
-in_save = os.environ.get('UIQA_KILL_IN_SAVE')
-if in_save:
+def fail_saves_of(part, fail):
+    # torch.save calls fail(f) for files whose name contains ``part``; checkpoint_io imports torch when it
+    # saves, so the patched function is what it calls
     real_save = torch.save
     def torch_save(obj, f, *args, **kwargs):
         name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
-        if in_save in os.path.basename(name):
-            f.write(b'PK\x03\x04 half a file')
-            f.flush()
-            os._exit(9)
+        if part in os.path.basename(name):
+            fail(f)
         return real_save(obj, f, *args, **kwargs)
-    torch.save = torch_save  # checkpoint_io imports torch when it saves: the patched function is what it calls
+    torch.save = torch_save
+def die_half_way(f):
+    f.write(b'PK\x03\x04 half a file')
+    f.flush()
+    os._exit(9)
+def disk_full(f):
+    raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing '
+                       'file data/0: file write failed')
+if os.environ.get('UIQA_KILL_IN_SAVE'):
+    fail_saves_of(os.environ['UIQA_KILL_IN_SAVE'], die_half_way)
 fail_at = int(os.environ.get('UIQA_FAIL_AT', 0))
 if fail_at:
     original_step = IQAModel.optimize_parameters
@@ -123,16 +131,8 @@ if readonly:
             raise PermissionError(errno.EROFS, 'Read-only file system', os.path.join(folder, kwargs['prefix']))
         return real_mkstemp(*args, **kwargs)
     cio.tempfile.mkstemp = mkstemp
-disk_full = os.environ.get('UIQA_DISK_FULL')
-if disk_full:
-    real_torch_save = torch.save
-    def full_disk_save(obj, f, *args, **kwargs):
-        name = os.readlink(f'/proc/self/fd/{f.fileno()}') if hasattr(f, 'fileno') else str(f)
-        if disk_full in os.path.basename(name):
-            raise RuntimeError('[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing '
-                               'file data/0: file write failed')
-        return real_torch_save(obj, f, *args, **kwargs)
-    torch.save = full_disk_save
+if os.environ.get('UIQA_DISK_FULL'):
+    fail_saves_of(os.environ['UIQA_DISK_FULL'], disk_full)
 from uiqa_plugin.train import main
 main(sys.argv[1:])
 '''
@@ -252,6 +252,11 @@ def load_weights(path):
     """A saved network or training state, on the CPU, read as data (weights_only)."""
     import torch
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def fresh_python(code, timeout=300):
+    """CompletedProcess of ``python -c code`` in a fresh interpreter (what is imported at start-up, registries)."""
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=timeout)
 
 
 # --- the SR recipe, computed without BasicSR's metric code ----------------------------------------

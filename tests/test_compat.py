@@ -1,10 +1,10 @@
 """basicsr 1.4.2 imports on current torchvision after `import uiqa_plugin`, and a fixed basicsr is left alone."""
-import subprocess
 import sys
 import types
 
 import pytest
 
+from helpers import fresh_python
 from uiqa_plugin import compat
 
 
@@ -15,7 +15,7 @@ def test_basicsr_imports_and_registries_hold_our_classes():
             'from basicsr.utils.registry import ARCH_REGISTRY\n'
             'assert "CLIPIQA" in ARCH_REGISTRY, list(ARCH_REGISTRY.keys())\n'
             'print("ok")\n')
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    out = fresh_python(code)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith('ok')
 
@@ -23,7 +23,7 @@ def test_basicsr_imports_and_registries_hold_our_classes():
 @pytest.mark.slow  # a fresh interpreter
 def test_plain_basicsr_import_fails_without_us():
     # Guards the reason for the alias: if this starts passing, basicsr was fixed and the alias is moot.
-    out = subprocess.run([sys.executable, '-c', 'import basicsr'], capture_output=True, text=True, timeout=300)
+    out = fresh_python('import basicsr')
     assert out.returncode != 0 and 'functional_tensor' in out.stderr
 
 

@@ -148,11 +148,11 @@ def test_test_py_refuses_a_payload_archive_named_in_the_option_file(demo_data, a
 
 @pytest.fixture
 def photos(tmp_path):
-    rng = np.random.RandomState(0)
+    rng = np.random.default_rng(0)
     folder = tmp_path / 'sp'
     folder.mkdir()
     for i in range(4):
-        Image.fromarray(rng.randint(0, 256, (48, 64, 3), dtype=np.uint8)).save(folder / f'img{i}.png')
+        write_random_image(folder / f'img{i}.png', (48, 64, 3), rng)
     return folder
 
 

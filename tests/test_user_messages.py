@@ -74,14 +74,13 @@ def test_help_option_errors_and_phrasings_need_no_torch(argv):
 
 
 def test_import_registers_at_the_first_lookup():
-    import subprocess
-    import sys
+    from helpers import fresh_python
     code = ('import sys, uiqa_plugin\n'
             'assert "torch" not in sys.modules\n'
             'from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY\n'
             'assert "CLIPUIQA" in ARCH_REGISTRY and DATASET_REGISTRY.get("KonIQ10kDataset")\n'
             'print("ok")\n')
-    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    run = fresh_python(code)
     assert run.returncode == 0 and run.stdout.strip() == 'ok', run.stderr[-2000:]
 
 
