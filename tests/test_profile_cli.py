@@ -16,7 +16,8 @@ from tiny_clip import TINY_RN_CONFIG, write_config
 from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
 from uiqa_plugin.data.image_io import image_to_tensor, read_image
 from uiqa_plugin.perception.ensembles import ENSEMBLE_PHRASINGS
-from uiqa_plugin.perception.profile import ProfileScorer, profile_images, read_score_table
+from uiqa_plugin.perception.profile import ProfileScorer, profile_images
+from uiqa_plugin.perception.score_tables import read_score_table
 from uiqa_plugin.prompts import Attribute
 from uiqa_plugin.tools.profile import main
 
@@ -226,7 +227,7 @@ def test_radar_matches_paper_and_ensemble_tables(setup, tmp_path, capsys):
 
 
 def test_match_columns_by_attribute():
-    from uiqa_plugin.perception.profile import match_columns
+    from uiqa_plugin.perception.score_tables import match_columns
     assert match_columns([['happy', 'scary', 'new'], ['scary@ensemble', 'happy@ensemble', 'warm']]) == (
         ['happy', 'scary'], [['happy', 'scary'], ['happy@ensemble', 'scary@ensemble']])
     # an exact match wins; only the @ensemble suffix is dropped

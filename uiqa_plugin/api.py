@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from uiqa_plugin.clip_precision import check_precision
 from uiqa_plugin.checkpoint_format import missing_clip_message, missing_clip_paths, read_checkpoint
 from uiqa_plugin.data.image_io import ImageReadError
 from uiqa_plugin.data.transforms import build_transforms, evaluation_transform_specs, view_pipeline  # noqa: F401
@@ -19,6 +20,7 @@ from uiqa_plugin.scoring import default_workers
 from uiqa_plugin.scoring.input_limits import MAX_ASPECT, MAX_PIXELS
 from uiqa_plugin.scoring.loader import iter_scores, model_minimum_side
 from uiqa_plugin.scoring.paths import collect_image_paths  # noqa: F401 (public API)
+from uiqa_plugin.scoring.table import write_table
 
 
 def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='openai', device=None, precision='fp32',
@@ -34,8 +36,8 @@ def create_metric(attributes='quality', clip_model='RN50', clip_pretrained='open
     'bf16' (fast on GPUs and on CPUs with bf16 units) or 'fp16' (CUDA only); see ``uiqa_plugin.clip_precision``.
     Other keyword arguments go to ``CLIPIQA``.
     """
-    from uiqa_plugin.archs.clipiqa_arch import CLIPIQA
-    from uiqa_plugin.clip_precision import check_precision
+    from uiqa_plugin.archs.clipiqa_arch import CLIPIQA  # lazy: importing open_clip takes seconds
+    # lazy: importing uiqa_plugin.metrics registers calculate_clipiqa, which builds its models here
     from uiqa_plugin.metrics.image_input import ImageInputContract
     contract = ImageInputContract(data_range)  # a bad data_range fails here, before CLIP loads
     check_precision(precision, device or default_device())  # fp16 on a CPU fails here, before CLIP loads
@@ -139,7 +141,6 @@ class ScoreResult:
 
     def to_table(self, path):
         """Write the rows to ``path``, a .csv or .json table in the format uiqa-score writes (failures are not rows)."""
-        from uiqa_plugin.scoring.table import write_table
         write_table(self.rows, self.columns, os.fspath(path))
 
     def to_dataframe(self):

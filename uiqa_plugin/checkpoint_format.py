@@ -13,7 +13,10 @@ values, read with ``weights_only`` (``checkpoint_io``):
 import os.path as osp
 from copy import deepcopy
 
+import torch
+
 from uiqa_plugin.checkpoint_io import TRUST_HINT, check_finite, load_checkpoint, looks_like_path
+from uiqa_plugin.options import check_checkpoint_options
 
 #: arch options that name CLIP weights; stored as absolute paths when they are files
 CLIP_PATH_KEYS = ('clip_model', 'clip_pretrained')
@@ -63,9 +66,6 @@ def read_checkpoint(path, trust=False):
     of finite tensors. A plain state dict (published weights) is returned as it is.
     Raises ``CheckpointReadError`` / ``OptionError`` / ValueError, each naming the file and the key.
     """
-    import torch
-
-    from uiqa_plugin.options import check_checkpoint_options
     ckpt = load_checkpoint(path, trust=trust, trust_hint=TRUST_HINT)
     if not isinstance(ckpt, dict) or not ({'params', 'params_ema', 'network_g'} & set(ckpt)):
         return ckpt

@@ -28,6 +28,14 @@ import yaml
 from uiqa_plugin.checkpoint_io import looks_like_path
 from uiqa_plugin.devices import check_device  # noqa: F401 (uiqa-score and metric options check devices here)
 from uiqa_plugin.option_error import OptionError
+from uiqa_plugin.option_rules import did_you_mean, rule_problems
+from uiqa_plugin.prompts import resolve_attributes
+from uiqa_plugin.user_modules import (IMPORTED, UserModuleError, import_user_modules, split_names,
+                                      unknown_arch_message)
+
+# Torch, BasicSR and the modules that need them (transforms, datasets, optimizers, metrics) are imported
+# inside the checks that use them: `python -m uiqa_plugin.options --help`, uiqa-score's option checks and
+# an option file with a typo answer before torch has loaded (seconds).
 
 # torch, BasicSR and our registering modules are imported inside the checks that need them: this buys
 # start-up time, so that `python -m uiqa_plugin.options --help` and the commands' option errors answer at once.
@@ -156,7 +164,6 @@ def network_problems(net_opt, where='network_g', check_environment=True):
     against the choices and ranges the arch declares (``option_rules``, see ``uiqa_plugin.option_rules``)."""
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    from uiqa_plugin.option_rules import rule_problems
     if not isinstance(net_opt, dict):
         return None, [f'{where}: expected a mapping {{type: ARCH, ...}}, got {net_opt!r}']
     if 'type' not in net_opt:
@@ -186,7 +193,6 @@ def _transform_classes():
 
 
 def _transform_options_problems(cls, options, where, skip=('type',)):
-    from uiqa_plugin.option_rules import rule_problems
     problems = []
     _check_kwargs(cls, options, where, cls.__name__, problems, skip=skip)
     return problems + rule_problems(getattr(cls, 'option_rules', {}), options, where)
@@ -205,7 +211,6 @@ def preprocessing_problems(block, where):
         views = {v: {} for v in ([views] if isinstance(views, str) else views)} \
             if all(isinstance(v, str) for v in ([views] if isinstance(views, str) else views)) else views
     if isinstance(views, dict):
-        from uiqa_plugin.option_rules import did_you_mean
         for name, options in views.items():
             if name not in ('image', 'fragments', 'salient'):
                 problems.append(f'{prefix}views.{name}: unknown view (views are image, fragments, salient)' +
@@ -245,7 +250,6 @@ def check_checkpoint_options(ckpt, source, imports=None):
     """
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    from uiqa_plugin.user_modules import unknown_arch_message
     net_opt = ckpt.get('network_g')
     if isinstance(net_opt, dict) and isinstance(net_opt.get('type'), str) \
             and registry_lookup(ARCH_REGISTRY, net_opt['type']) is None:  # the user's own: say what to import
@@ -499,7 +503,6 @@ def _check_metrics(val_opt, model_cls, ours, problems, check_environment):
 def _check_image_metric(name, metric_opt, where, problems, check_environment):
     """What our per-image metrics would only find at the first validation."""
     if name == 'calculate_clipiqa':
-        from uiqa_plugin.prompts import resolve_attributes
         try:
             count = len(resolve_attributes(metric_opt.get('attributes', 'quality')))
         except (KeyError, ValueError) as exc:
@@ -590,7 +593,6 @@ def _import_user_modules(opt, problems, run_imports=True):
     those already imported (named with ``--import``): a file that is only being checked runs no code."""
     if 'imports' not in opt:
         return
-    from uiqa_plugin.user_modules import IMPORTED, UserModuleError, import_user_modules, split_names
     imports = opt['imports']
     if not (isinstance(imports, str) or (isinstance(imports, list) and all(isinstance(i, str) for i in imports))):
         problems.append(f'imports: expected a module name or a list of them, got {imports!r}')
@@ -741,7 +743,6 @@ def main(argv=None):
                         help="import this module first (a dotted name or a .py file): it runs the module's code; "
                              "the files' own imports: lists are imported only when named here")
     args = parser.parse_args(argv)
-    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
         import_user_modules(args.imports)
     except UserModuleError as exc:

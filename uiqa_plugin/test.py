@@ -14,7 +14,7 @@ if __package__ in (None, ''):  # see train.py
 def main(argv=None):
     # Under torchrun, ``record`` hands a failing rank's error to torchrun's summary as the root cause.
     from torch.distributed.elastic.multiprocessing.errors import record
-    from uiqa_plugin.runner import run_pipeline
+    from uiqa_plugin.runner import run_pipeline  # lazy: importing this module loads no torch or BasicSR
     record(run_pipeline)(is_train=False, argv=argv)
 
 

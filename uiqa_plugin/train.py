@@ -18,7 +18,7 @@ if __package__ in (None, ''):
 def main(argv=None):
     # Under torchrun, ``record`` hands a failing rank's error to torchrun's summary as the root cause.
     from torch.distributed.elastic.multiprocessing.errors import record
-    from uiqa_plugin.runner import run_pipeline
+    from uiqa_plugin.runner import run_pipeline  # lazy: importing this module loads no torch or BasicSR
     record(run_pipeline)(is_train=True, argv=argv)
 
 

@@ -34,7 +34,10 @@ import numpy as np
 import torch
 
 from basicsr.utils.registry import METRIC_REGISTRY
+from uiqa_plugin.api import create_metric, load_trained_model, output_names
 from uiqa_plugin.data.device_input import DeviceInput
+from uiqa_plugin.data.transforms import evaluation_transform_specs
+from uiqa_plugin.devices import check_device
 from uiqa_plugin.data.image_ops import upsample_to_min
 from uiqa_plugin.metrics.tower_cache import TowerFeatureCache
 from uiqa_plugin.scoring.loader import ScoreImages, model_minimum_side
@@ -56,7 +59,6 @@ def _freeze(value):
 
 
 def _device(device):
-    from uiqa_plugin.options import check_device
     return torch.device(check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'), 'device'))
 
 
@@ -122,13 +124,12 @@ def _reject_unknown(name, kwargs):
 class ArrayViews:
     """An RGB float image in memory -> the model's input views, built as uiqa-score builds them from a file.
 
-    The same evaluation transforms (``api.evaluation_transform_specs``, without the file reader),
+    The same evaluation transforms (``data.transforms.evaluation_transform_specs``, without the file reader),
     the same upscaling of views below the CLIP image tower's minimum side, the same normalization
     on the device (``DeviceInput``) as ``scoring.loader.iter_scores``.
     """
 
     def __init__(self, model, device):
-        from uiqa_plugin.api import evaluation_transform_specs
         specs = evaluation_transform_specs(model)
         # ScoreImages parses the chain (host transforms, view names) exactly as uiqa-score does
         self.host = ScoreImages([], min_side=model_minimum_side(model), specs=specs)
@@ -170,7 +171,6 @@ def _score_zero_shot(model, views, rgb):
 
 
 def _build_clipiqa(device, **options):
-    from uiqa_plugin.api import create_metric
     model = create_metric(device=device, **options)
     if len(model.attribute_names) != 1:
         raise ValueError(f'calculate_clipiqa: attributes {options.get("attributes")!r} give '
@@ -210,7 +210,6 @@ def calculate_clipiqa(img, img2=None, crop_border=0, input_order='HWC', test_y_c
 
 
 def _build_checkpoint_model(device, checkpoint, clip_model=None, clip_pretrained=None):
-    from uiqa_plugin.api import load_trained_model
     model = load_trained_model(checkpoint, device=device, clip_model=clip_model, clip_pretrained=clip_pretrained)
     return model, ArrayViews(model, device)
 
@@ -233,7 +232,6 @@ def calculate_uiqa_checkpoint(img, img2=None, checkpoint=None, crop_border=0, in
     device = _device(device)
     model, views = cached_model('checkpoint', _build_checkpoint_model, device, checkpoint=checkpoint,
                                    clip_model=clip_model, clip_pretrained=clip_pretrained)
-    from uiqa_plugin.api import output_names
     names = output_names(model)
     if isinstance(output, str):
         if output not in names:

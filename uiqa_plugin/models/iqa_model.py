@@ -32,6 +32,7 @@ from uiqa_plugin.checkpoint_format import (CLIP_PATH_KEYS, checkpoint_payload, m
                                            read_checkpoint)
 from uiqa_plugin.checkpoint_io import CheckpointReadError, CheckpointWriteError, save_checkpoint
 from uiqa_plugin.data.device_input import DeviceInput
+from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD
 from uiqa_plugin.losses.combined import build_loss_set
 from uiqa_plugin.metrics.iqa_metric import DEFAULT_METRICS, compute_metrics
 from uiqa_plugin.models.ema import ParameterEMA
@@ -332,7 +333,6 @@ class IQAModel(BaseModel):
     def evaluation_preprocessing(self):
         """What turns an image file into the views in evaluation: the validation (else training) dataset's
         ``views``, ``resize``, ``mean``, ``std`` (or its explicit ``transforms`` list)."""
-        from uiqa_plugin.data.transforms import CLIP_MEAN, CLIP_STD
         datasets = self.opt.get('datasets') or {}
         ordered = [d for k, d in datasets.items() if k.split('_')[0] in ('val', 'test')] + [datasets.get('train')]
         for ds in ordered:

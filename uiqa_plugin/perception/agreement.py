@@ -8,8 +8,12 @@ import warnings
 
 import numpy as np
 
+from uiqa_plugin.api import score_paths
 from uiqa_plugin.metrics.iqa_metric import (DegenerateInputWarning, bootstrap_ci, calculate_2afc_accuracy,
                                             calculate_krcc, calculate_plcc, calculate_srcc)
+from uiqa_plugin.perception.ensembles import base_name
+from uiqa_plugin.perception.radar import series_color
+from uiqa_plugin.perception.ratings import RatingsError, match_images, missing_rows
 
 #: Table key -> metric function of (pred, target).
 AGREEMENT_METRICS = {
@@ -76,8 +80,6 @@ def plot_agreement(rows, path=None, title='Agreement with human ratings', confid
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from uiqa_plugin.perception.radar import series_color
-
     names = [r['attribute'] for r in rows]
     x = np.arange(len(names))
     figure = Figure(figsize=(max(6.5, 0.75 * len(names) + 3.0), 7.0), dpi=110)
@@ -137,9 +139,6 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
         of scoring; ``metric`` may then be None.
     Returns (agreement rows, score rows [{'path', attribute: score}] in ratings order, skipped rows' names).
     """
-    from uiqa_plugin.perception.ensembles import base_name
-    from uiqa_plugin.perception.ratings import RatingsError, match_images, missing_rows
-
     names = list(scores[1]) if scores is not None else list(metric.attribute_names)
     targets = {}
     for name in names:
@@ -166,7 +165,6 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
                 paths[n] = None
         score_rows = [dict(by_file[osp.realpath(p)], path=p) for p in paths if p is not None]
     else:
-        from uiqa_plugin.api import score_paths
         result = score_paths(metric, [p for p in paths if p is not None], batch_size=batch_size, strict=True,
                              progress=progress)
         score_rows = result.rows

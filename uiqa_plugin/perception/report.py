@@ -134,7 +134,7 @@ def write_report(rows, attribute_names, out_path, images='embed', attributes=Non
     """
     from tqdm import tqdm
 
-    from uiqa_plugin.data.image_io import ImageReadError, read_image
+    from uiqa_plugin.data.image_io import ImageReadError, read_image  # lazy: the data package imports torch
     if images not in ('embed', 'link'):
         raise ValueError(f"images must be 'embed' or 'link', got {images!r}")
     if chart_format not in ('svg', 'png'):

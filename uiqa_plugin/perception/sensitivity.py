@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from uiqa_plugin.api import create_metric, score_paths
 from uiqa_plugin.metrics.iqa_metric import calculate_srcc
 from uiqa_plugin.perception.ensembles import split_phrasings
 
@@ -30,7 +31,6 @@ def score_phrasings(attributes, inputs, clip_model='RN50', clip_pretrained='open
 
     attributes: a list of Attribute objects (e.g. ``with_ensembles(resolve_attributes('feel'))``).
     """
-    from uiqa_plugin.api import create_metric, score_paths
     singles = [split_phrasings(attr) for attr in attributes]
     metric = create_metric([s for group in singles for s in group], clip_model=clip_model,
                            clip_pretrained=clip_pretrained, device=device, **metric_kwargs)

@@ -28,6 +28,7 @@ from contextlib import nullcontext
 import torch
 
 from uiqa_plugin.checkpoint_io import CheckpointReadError, check_finite, load_checkpoint, save_checkpoint
+from uiqa_plugin.prompts import resolve_attributes
 from uiqa_plugin.terminal import printable
 
 _CTX = re.compile(r'(?:^|\.)clipmodel_(\d+)\.prompt_learner\.ctx$')
@@ -117,7 +118,6 @@ def convert_clipiqa_plus(obj, attributes='quality', clip_model=None, clip_pretra
     or pyiqa's one context per prompt. clip_model: None picks RN50 or ViT-L-14 from the context
     width. keep_pos_embed: None picks pyiqa's 1-D stretch for its per-prompt (512 px) layout, else False.
     """
-    from uiqa_plugin.prompts import resolve_attributes
     contexts, regressor, layout = _contexts_and_regressor(obj, source)
     _check_contexts(contexts, regressor, source)
     attrs = resolve_attributes(attributes)

@@ -14,16 +14,24 @@ ensembles (happy@ensemble, feel@ensemble, look@ensemble, ensemble) and your own 
 several phrasings from --attributes-file (JSON/YAML: {"cosy": ["Cosy photo.|Bleak photo.", ...]}).
 """
 import argparse
+import os
 import os.path as osp
 import sys
 import warnings
 
+from uiqa_plugin.perception.ensembles import ENSEMBLE_PHRASINGS, base_name, load_attribute_file, with_ensembles
+from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
+from uiqa_plugin.perception.report import write_report
+from uiqa_plugin.perception.score_tables import (RANDOM_WEIGHTS_CAPTION, chart_stems, join_score_tables,
+                                                 mark_random_weights, read_score_table, table_random_weights_reason)
+from uiqa_plugin.prompts import get_attribute, resolve_attributes
 from uiqa_plugin.scoring.table import format_table, missing_folder, write_table
 from uiqa_plugin.terminal import printable
 from uiqa_plugin.tools.score import add_clip_arguments
 
-# The imports inside the commands below buy start-up time: --help, option errors and `phrasings` answer
-# without importing torch, open_clip or BasicSR, which only the scoring commands need.
+# What needs torch (scoring, image decoding, ratings matched to files) is imported inside the commands
+# that use it: --help, option errors, `phrasings` and charts or reports of saved tables answer without
+# loading torch, open_clip or BasicSR (seconds).
 
 PROG = 'uiqa-profile'
 
@@ -82,9 +90,6 @@ def _formats(text):
 
 def _resolve(args):
     """The attributes asked for (Attribute objects), after loading --attributes-file."""
-    import uiqa_plugin.perception  # noqa: F401  (registers the @ensemble attributes)
-    from uiqa_plugin.perception.ensembles import load_attribute_file
-    from uiqa_plugin.prompts import resolve_attributes
     if getattr(args, 'attributes_file', None):
         load_attribute_file(args.attributes_file)
     return resolve_attributes(args.attributes)
@@ -146,7 +151,6 @@ def _score(args, command, extra_scorers=None):
 def _write_or_print(command, rows, columns, out, random_weights=None):
     """Write the table (a ``random_weights`` column marks scores of a random CLIP: files travel without the
     note printed on stderr) or print it."""
-    from uiqa_plugin.perception.profile import mark_random_weights
     if out:
         write_table(*mark_random_weights(rows, columns, random_weights), out)
         _say(command, f'wrote {len(rows)} rows to {out}')
@@ -155,7 +159,6 @@ def _write_or_print(command, rows, columns, out, random_weights=None):
 
 
 def _radar_caption(reason):
-    from uiqa_plugin.perception.profile import RANDOM_WEIGHTS_CAPTION
     return RANDOM_WEIGHTS_CAPTION if reason else None
 
 
@@ -176,7 +179,6 @@ def cmd_profile(args):
 
 
 def _join_tables(command, tables, labels):
-    from uiqa_plugin.perception.profile import join_score_tables
     try:
         joined = join_score_tables(tables, labels)
     except ValueError as exc:
@@ -189,8 +191,8 @@ def _join_tables(command, tables, labels):
 
 
 def cmd_radar(args):
-    from uiqa_plugin.perception.profile import chart_stems, write_radar_charts
-    from uiqa_plugin.perception.radar import radar_chart, save_chart, thumbnail
+    from uiqa_plugin.data.image_io import ImageReadError, read_image
+    from uiqa_plugin.perception.profile import write_radar_charts
     if bool(args.table) == bool(args.inputs):
         raise CommandError('give either images to score or --table score tables (not both)')
     written = []
@@ -198,7 +200,6 @@ def cmd_radar(args):
         joined = _join_tables('radar', args.table, args.label)
         if not joined.by_path:
             raise CommandError('no image is in every table', code=1)
-        from uiqa_plugin.data.image_io import ImageReadError, read_image
         for path, stem in zip(joined.by_path, chart_stems(list(joined.by_path), args.out_dir)):
             try:
                 images = [thumbnail(read_image(path), 384)]
@@ -215,7 +216,6 @@ def cmd_radar(args):
         names = result.attribute_names
         caption = _radar_caption(args.random_weights)
         if args.overlay:
-            from uiqa_plugin.data.image_io import read_image
             series = [(osp.basename(r['path']), [r[n] for n in names]) for r in result.rows]
             images = [thumbnail(read_image(r['path']), 192) for r in result.rows] if len(series) <= 6 else []
             chart = radar_chart(series, names, images=images, title=args.overlay, caption=caption)
@@ -234,14 +234,10 @@ LARGE_REPORT_BYTES = 5 << 20
 
 
 def cmd_report(args):
-    import os
-
-    from uiqa_plugin.perception.report import write_report
     if bool(args.table) == bool(args.inputs):
         raise CommandError('give either images to score or --table with a score table (not both)')
     _check_outputs('report', args.out)
     if args.table:
-        from uiqa_plugin.perception.profile import read_score_table, table_random_weights_reason
         rows, names = read_score_table(args.table)
         attributes, description, code = None, f'Scores from {args.table}.', 0
         warning = table_random_weights_reason(rows)
@@ -276,13 +272,8 @@ def _parse_map(items):
 
 
 def cmd_evaluate(args):
-    import uiqa_plugin.perception  # noqa: F401  (registers the @ensemble attributes)
     from uiqa_plugin.perception.agreement import evaluate_ratings, plot_agreement, table_columns
-    from uiqa_plugin.perception.ensembles import load_attribute_file, with_ensembles
-    from uiqa_plugin.perception.profile import (mark_random_weights, read_score_table, table_random_weights_reason,
-                                                RANDOM_WEIGHTS_CAPTION)
     from uiqa_plugin.perception.ratings import read_ratings
-    from uiqa_plugin.prompts import get_attribute
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
     if not 0 < args.alpha < 1:
@@ -337,9 +328,8 @@ def cmd_evaluate(args):
 
 
 def cmd_sensitivity(args):
-    from uiqa_plugin.perception.ensembles import with_ensembles
-    from uiqa_plugin.perception.profile import mark_random_weights
-    from uiqa_plugin.perception.sensitivity import phrasing_scores_table, score_phrasings, sensitivity_tables
+    from uiqa_plugin.perception.sensitivity import (phrasing_scores_table, score_phrasings, sensitivity_tables,
+                                                    srcc_matrix)
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
     _check_outputs('sensitivity', args.out, args.summary_out, args.scores_out)
@@ -370,7 +360,6 @@ def cmd_sensitivity(args):
     print('Each phrasing:')
     print(format_table(per_phrasing, phrasing_cols, digits=3))
     if args.matrix:
-        from uiqa_plugin.perception.sensitivity import srcc_matrix
         for item in results:
             k = item.scores.shape[1]
             if k < 2:
@@ -393,8 +382,6 @@ def cmd_sensitivity(args):
 
 def cmd_phrasings(args):
     attributes = _resolve(args)
-    from uiqa_plugin.perception.ensembles import with_ensembles
-    from uiqa_plugin.perception.ensembles import ENSEMBLE_PHRASINGS, base_name
     for ens in with_ensembles(attributes):
         print(f'{ens.name}  ({ens.description})')
         curated = ENSEMBLE_PHRASINGS.get(base_name(ens.name), [])

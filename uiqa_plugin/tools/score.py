@@ -3,12 +3,25 @@
     uiqa-score photos/ --attributes quality,look,feel --out scores.csv
 """
 import argparse
+import functools
 import os
+import os.path as osp
 import sys
+import uuid
 import warnings
 
+from tqdm import tqdm
+
+from uiqa_plugin.options import OptionError, check_device
+from uiqa_plugin.perception.score_tables import mark_random_weights
+from uiqa_plugin.prompts import list_attributes, list_presets, resolve_attributes
 from uiqa_plugin.scoring import MAX_PIXELS, default_workers
 from uiqa_plugin.scoring.table import format_table, missing_folder, printable
+from uiqa_plugin.user_modules import UserModuleError, import_user_modules
+
+# What needs torch, BasicSR or open_clip is imported inside the functions that use it, and only once the
+# options are known to be good: --help, --list-attributes and option errors answer in a fraction of a
+# second instead of the seconds those imports take.
 
 
 def add_clip_arguments(parser):
@@ -108,15 +121,12 @@ def input_preparation(args):
     """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None."""
     if not args.crop_border and not args.y_channel:
         return None
-    import functools
-
     from uiqa_plugin.metrics.clipiqa_metric import image_to_rgb  # lazy: imports basicsr
     return functools.partial(image_to_rgb, crop_border=args.crop_border, test_y_channel=args.y_channel,
                              channel_order='RGB')  # decoded files are RGB; BasicSR's arrays are BGR
 
 
 def print_attributes():
-    from uiqa_plugin.prompts import list_attributes, list_presets
     for name, attr in list_attributes().items():
         pairs = '; '.join(f'{p!r} / {n!r}' for p, n in attr.pairs)
         print(f'{name:14s} [{attr.group}] {pairs}  ({attr.description})')
@@ -141,7 +151,6 @@ def usage_problem(args, world):
         return ('--keep-pos-embed does not apply to --checkpoint: the checkpoint says whether its model keeps '
                 "CLIP's positional embedding")
     if args.attributes is not None and not args.checkpoint:
-        from uiqa_plugin.prompts import resolve_attributes
         try:
             resolve_attributes(args.attributes)  # names only: no model needed to say that one is unknown
         except (KeyError, ValueError) as exc:
@@ -160,14 +169,13 @@ def usage_problem(args, world):
 
 
 def load_model(args, argv, device):
-    from uiqa_plugin.api import create_metric
+    from uiqa_plugin.api import create_metric, load_trained_model
     from uiqa_plugin.clip.pretrained import trusting
     with warnings.catch_warnings(), trusting(args.trust_checkpoint):  # also for a --clip-pretrained archive
         # a random CLIP is said in plain words after loading (see main), not as a warning with a source line
         warnings.filterwarnings('ignore', message='.*RANDOM weights.*')
         warnings.simplefilter('default')
         if args.checkpoint:
-            from uiqa_plugin.api import load_trained_model
             explicit = {a.split('=')[0] for a in (argv if argv is not None else sys.argv[1:])}
             return load_trained_model(
                 args.checkpoint, device=device,
@@ -223,7 +231,7 @@ def score_to_table(args, metric):
 
 def nothing_to_score(args):
     """Before CLIP loads: say so when the inputs hold no image at all (no table is written then)."""
-    from uiqa_plugin.api import collect_image_paths
+    from uiqa_plugin.scoring.paths import collect_image_paths
     paths, problems = collect_image_paths(args.inputs)
     if paths:
         return False
@@ -236,10 +244,8 @@ def nothing_to_score(args):
 def plan(args, names, made_by):
     """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
     (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``."""
-    import os.path as osp
-
-    from uiqa_plugin.api import collect_image_paths
     from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
+    from uiqa_plugin.scoring.paths import collect_image_paths
     paths, problems = collect_image_paths(args.inputs)
     if args.strict and problems:
         return 1, '; '.join(f'{p}: {m}' for p, m in problems)
@@ -274,7 +280,6 @@ def score_streamed(args, metric, ranks, random_weights=None):
     """--out: every rank streams its shard to a part file; rank 0 merges them into the table (with a
     ``random_weights`` column when ``random_weights`` gives the reason)."""
     from uiqa_plugin.api import output_names
-    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.outputs import OutputError, OutputLock
     names = output_names(metric)
     table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
@@ -295,12 +300,7 @@ def score_streamed(args, metric, ranks, random_weights=None):
 
 def _score_planned(args, metric, ranks, names, table_names, made_by, job, random_weights):
     """Score rank 0's plan ``job`` (a dict, or (exit code, message) to stop every rank), merge on rank 0."""
-    import uuid
-
-    from tqdm import tqdm
-
     from uiqa_plugin.data.image_io import ImageReadError
-    from uiqa_plugin.perception.profile import mark_random_weights
     from uiqa_plugin.scoring.loader import iter_scores
     from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
@@ -359,10 +359,6 @@ def main(argv=None):
     if args.list_attributes:
         print_attributes()
         return 0
-    # Imported here, and torch only once the options are known to be good, to keep --help and option
-    # errors fast (lazy imports for start-up time).
-    from uiqa_plugin.options import OptionError, check_device
-    from uiqa_plugin.user_modules import UserModuleError, import_user_modules
     try:
         import_user_modules(args.imports)
         if args.device:
