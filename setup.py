@@ -34,7 +34,7 @@ setup(
         'Pillow',
         'scikit-image',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={'test': ['pytest>=7', 'pytest-xdist>=3']},
     entry_points={
         'console_scripts': [
             'uiqa-score=uiqa_plugin.tools.score:main',

@@ -3,6 +3,7 @@ the demo data and the README's demo training; the ``slow`` marker. Plain helpers
 import os
 import os.path as osp
 import shlex
+import shutil
 import subprocess
 import sys
 import warnings
@@ -75,18 +76,43 @@ def tiny_metric_factory(tiny_clip_files):
     return make
 
 
+def built_once(tmp_path_factory, name, build):
+    """(folder, text): ``build(folder)`` run once for the whole session, returning text (or None).
+
+    Under pytest-xdist (``pytest -n 2``) every worker is a process with its own session: the first
+    worker that needs ``name`` builds it in the folder all workers share, under a file lock, and the
+    others wait for it and read the same files. Whatever is built there is only read afterwards.
+    """
+    if 'PYTEST_XDIST_WORKER' not in os.environ:
+        folder = tmp_path_factory.mktemp(name)
+        return folder, build(folder)
+    import fcntl
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, done = shared / f'built-{name}', shared / f'built-{name}.done'
+    with open(shared / f'built-{name}.lock', 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():
+            if folder.exists():
+                shutil.rmtree(folder)  # left by a worker whose build failed
+            folder.mkdir()
+            text = build(folder)
+            done.write_text('' if text is None else text, encoding='utf-8')
+        return folder, done.read_text(encoding='utf-8')
+
+
 @pytest.fixture(scope='session')
 def demo_data(tmp_path_factory):
     """The demo dataset and the BatchNorm-calibrated tiny CLIP, built by the shipped scripts."""
-    root = tmp_path_factory.mktemp('demo')
-    data = root / 'demo'
-    for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
-                         ('make_tiny_clip.py', ['--images', str(data / DEMO_IMAGE_FOLDER), '--out', str(data / 'tiny.pt'),
-                                                '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
-        out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
-                             text=True, timeout=600, cwd=REPO)
-        assert out.returncode == 0, out.stderr[-3000:]
-    return data
+    def build(root):
+        data = root / 'demo'
+        for script, args in [('make_demo_dataset.py', ['--out', str(data)]),
+                             ('make_tiny_clip.py', ['--images', str(data / DEMO_IMAGE_FOLDER), '--out',
+                                                    str(data / 'tiny.pt'),
+                                                    '--config', osp.join(REPO, 'options/clip/tiny-rn.json')])]:
+            out = subprocess.run([sys.executable, osp.join(REPO, 'scripts', script)] + args, capture_output=True,
+                                 text=True, timeout=600, cwd=REPO)
+            assert out.returncode == 0, out.stderr[-3000:]
+    return built_once(tmp_path_factory, 'demo', build)[0] / 'demo'
 
 
 @pytest.fixture(scope='session')
@@ -98,28 +124,29 @@ def demo_training(demo_data, tmp_path_factory):
     experiments/ and tb_logger/ there. ``--force_yml val:save_predictions=true`` adds the validation
     prediction tables, which change no number.
     """
-    root = tmp_path_factory.mktemp('demo_training')
-    for name in ('scripts', 'options', 'uiqa_plugin'):
-        os.symlink(osp.join(REPO, name), root / name)
-    demo = root / 'datasets' / 'demo'
-    demo.mkdir(parents=True)
-    for name, target in ((DEMO_IMAGE_FOLDER, DEMO_IMAGE_FOLDER), ('koniq10k_distributions_sets.csv',) * 2,
-                         ('tiny_clip.pt', 'tiny.pt')):
-        os.symlink(demo_data / target, demo / name)
-    assert DEMO_TRAINING.startswith('python ')
-    command = shlex.quote(sys.executable) + DEMO_TRAINING[len('python'):]
-    log = run(['bash', '-c', command + ' --force_yml val:save_predictions=true'], root)
-    return root, log
+    def build(root):
+        for name in ('scripts', 'options', 'uiqa_plugin'):
+            os.symlink(osp.join(REPO, name), root / name)
+        demo = root / 'datasets' / 'demo'
+        demo.mkdir(parents=True)
+        for name, target in ((DEMO_IMAGE_FOLDER, DEMO_IMAGE_FOLDER), ('koniq10k_distributions_sets.csv',) * 2,
+                             ('tiny_clip.pt', 'tiny.pt')):
+            os.symlink(demo_data / target, demo / name)
+        assert DEMO_TRAINING.startswith('python ')
+        command = shlex.quote(sys.executable) + DEMO_TRAINING[len('python'):]
+        return run(['bash', '-c', command + ' --force_yml val:save_predictions=true'], root)
+    return built_once(tmp_path_factory, 'demo_training', build)
 
 
 @pytest.fixture(scope='session')
 def sr_data(demo_data, tmp_path_factory):
     """Bicubic x4 pairs of the demo's clean photos (scripts/make_sr_demo.py): {train,val,test}/{GT,LQ}."""
-    out = tmp_path_factory.mktemp('demo_sr')
-    done = subprocess.run([sys.executable, osp.join(REPO, 'scripts', 'make_sr_demo.py'), '--demo', str(demo_data),
-                           '--out', str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out
+    def build(out):
+        done = subprocess.run([sys.executable, osp.join(REPO, 'scripts', 'make_sr_demo.py'), '--demo',
+                               str(demo_data), '--out', str(out)], capture_output=True, text=True, timeout=300,
+                              cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+    return built_once(tmp_path_factory, 'demo_sr', build)[0]
 
 
 @pytest.fixture

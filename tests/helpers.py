@@ -5,6 +5,7 @@ import glob
 import os
 import os.path as osp
 import re
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,14 @@ def spawn(args, cwd, env=None, timeout=900):
     full_env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore', **(env or {})}
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, cwd=str(cwd),
                           env=full_env)
+
+
+def free_port():
+    """A TCP port free on this machine now, for ``torch.distributed.run --master_port``: tests that run at the
+    same time (pytest -n) must not share one."""
+    with socket.socket() as probe:
+        probe.bind(('127.0.0.1', 0))
+        return probe.getsockname()[1]
 
 
 def run(args, cwd, env=None, timeout=900):

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, SR_TEST_YML, SR_YML, load_weights as load, logged, run_train, sr_options, write_yaml
+from helpers import (REPO, SR_TEST_YML, SR_YML, free_port, load_weights as load, logged, run_train, sr_options,
+                     write_yaml)
 
 TORCHRUN = ('-m', 'torch.distributed.run', '--nproc_per_node=2')
 RRDB = {'type': 'RRDBNet', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1, 'num_grow_ch': 8,
@@ -69,7 +70,7 @@ def images(folder):
 def test_two_cpu_processes_train_validate_and_test_as_one(model, sr_data, demo_data, tmp_path):
     opt = model_options(model, sr_data, demo_data, 'two')
     trained = run_train(tmp_path, write_yaml(tmp_path, opt), env={'UIQA_MODEL': model},
-                        launcher=TORCHRUN + ('--master_port=29541',))
+                        launcher=TORCHRUN + (f'--master_port={free_port()}',))
     train_log = trained.stdout + trained.stderr
     assert 'cudnn.benchmark=True' in train_log  # BasicSR's runner setting, kept
     # Rank 0 validated the whole set (2 images), and saved every output, at 4 and at 8.
@@ -82,7 +83,7 @@ def test_two_cpu_processes_train_validate_and_test_as_one(model, sr_data, demo_d
     one = one_run.stdout + one_run.stderr
     test_opt['name'] = 'two_test'
     two = run_script('test.py', tmp_path, write_yaml(tmp_path, test_opt, 'two.yml'),
-                     launcher=TORCHRUN + ('--master_port=29542',)).stderr
+                     launcher=TORCHRUN + (f'--master_port={free_port()}',)).stderr
     for metric in ('psnr', 'psnr_y', 'clipiqa', 'clipiqa_y'):
         assert logged(two, metric) == pytest.approx(logged(one, metric), abs=1e-4), metric
     saved_one, saved_two = ({k.replace(f'_{n}.png', ''): v for k, v in images(tmp_path / 'results' / n).items()}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import REPO, TRAIN_PY, demo_options, run_train, spawn, write_yaml
+from helpers import REPO, TRAIN_PY, demo_options, free_port, run_train, spawn, write_yaml
 
 pytestmark = pytest.mark.slow  # torchrun and training subprocesses
 
@@ -33,7 +33,7 @@ def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path
     start = time.time()
     out = run_train(tmp_path, path, env={'UIQA_FAIL_AT': '3', 'UIQA_FAIL_RANK': '1', 'PYTHONWARNINGS': 'default'},
                     check=False,
-                    launcher=TORCHRUN + ('--master_port=29531',), timeout=240)
+                    launcher=TORCHRUN + (f'--master_port={free_port()}',), timeout=240)
     log = out.stdout + out.stderr
     assert out.returncode != 0
     assert time.time() - start < 240
@@ -47,7 +47,8 @@ def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path
 def test_option_error_under_torchrun_is_one_message(demo_data, tmp_path):
     opt = small_options(demo_data, 'dist_bad')
     opt['train']['totl_iter'] = 5
-    out = spawn([sys.executable, *TORCHRUN, '--master_port=29533', TRAIN_PY, '-opt', write_yaml(tmp_path, opt)],
+    out = spawn([sys.executable, *TORCHRUN, f'--master_port={free_port()}', TRAIN_PY, '-opt',
+                 write_yaml(tmp_path, opt)],
                 tmp_path, timeout=240)
     assert out.returncode != 0
     message = "train.totl_iter: unknown key (did you mean 'total_iter'?)"

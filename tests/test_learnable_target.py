@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, last_metric, load_script, run, train, write_yaml
+from helpers import REPO, free_port, last_metric, load_script, run, train, write_yaml
 
 learnable_targets = load_script('learnable_targets')
 
@@ -58,7 +58,7 @@ def test_image_target_is_learned_on_one_process(demo_data, target_csv, tmp_path)
 @pytest.mark.slow
 def test_image_target_is_learned_on_two_processes(demo_data, target_csv, tmp_path):
     opt = options(demo_data, target_csv, 'learn_image_dist', 'image_target', batch_size=8)
-    log = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+    log = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
                osp.join(REPO, 'uiqa_plugin', 'train.py'), '-opt', write_yaml(tmp_path, opt)], tmp_path)
     assert 'World size (gpu number): 2' in log  # the training statistics (the option dump is in the log file)
     srcc = last_metric(log, 'srcc')

@@ -149,6 +149,17 @@ def test_readme_commands_and_outputs(sandbox, demo_training):
         assert sorted(check.stdout.split()) == sorted(written), check.stdout
 
 
+def test_ci_runs_the_readme_install_and_test_commands():
+    """.ci/run ends with exactly the two commands of the README's "Install and test" block."""
+    text = open(README, encoding='utf-8').read()
+    section = text[text.index('## Install and test'):]
+    block = commands(re.search(r'```bash\n(.*?)```', section, re.S).group(1))
+    assert len(block) == 2 and block[0].startswith('pip install') and 'pytest' in block[1], block
+    with open(osp.join(REPO, '.ci', 'run'), encoding='utf-8') as f:
+        ci = [line.strip() for line in f if line.strip() and not line.lstrip().startswith('#')]
+    assert ci[-2:] == block, ci[-2:]
+
+
 def test_gitignore_covers_every_file_the_readme_writes():
     """Outputs the README's commands name (``--out``, ``--json``, ...) and the folders the demo scripts
     write by default are ignored by git, whether or not the command runs in the test."""

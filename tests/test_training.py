@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DEMO_FINAL_SRCC, DEMO_SRCC_SPREAD, TRAIN_PY, demo_options, evaluate, last_metric, read_predictions, run, spawn, write_yaml
+from helpers import (DEMO_FINAL_SRCC, DEMO_SRCC_SPREAD, TRAIN_PY, demo_options, evaluate, free_port, last_metric,
+                     read_predictions, run, spawn, write_yaml)
 
 pytestmark = pytest.mark.slow  # every test trains or evaluates in a subprocess
 
@@ -55,7 +56,7 @@ def test_two_process_cpu_run_matches_single_process_evaluation(demo_data, tmp_pa
     opt['datasets']['train']['batch_size_per_gpu'] = 4
     opt['val']['save_predictions'] = True
     path = write_yaml(tmp_path, opt)
-    log = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517',
+    log = run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
                TRAIN_PY, '-opt', path], tmp_path)
     assert 'World size (gpu number): 2' in log  # the training statistics (the option dump is in the log file)
     dist_srcc = last_metric(log, 'srcc')
