@@ -83,10 +83,13 @@ def built_once(tmp_path_factory, name, build):
     worker that needs ``name`` builds it in the folder all workers share, under a file lock, and the
     others wait for it and read the same files. Whatever is built there is only read afterwards.
     """
-    if 'PYTEST_XDIST_WORKER' not in os.environ:
+    try:
+        import fcntl
+    except ImportError:  # no POSIX file locks (Windows): each worker builds its own
+        fcntl = None
+    if 'PYTEST_XDIST_WORKER' not in os.environ or fcntl is None:
         folder = tmp_path_factory.mktemp(name)
         return folder, build(folder)
-    import fcntl
     shared = tmp_path_factory.getbasetemp().parent
     folder, done = shared / f'built-{name}', shared / f'built-{name}.done'
     with open(shared / f'built-{name}.lock', 'w') as lock:
