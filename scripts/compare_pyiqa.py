@@ -1,7 +1,7 @@
 """Fidelity check against the reference implementation (pyiqa): same RN50 weights, same images, same scores?
 
-    python -m venv --system-site-packages /work/venv-pyiqa && /work/venv-pyiqa/bin/pip install pyiqa
-    PYTHONPATH=$PWD /work/venv-pyiqa/bin/python scripts/compare_pyiqa.py
+    python -m venv --system-site-packages venv-pyiqa && venv-pyiqa/bin/pip install pyiqa "setuptools<81"
+    venv-pyiqa/bin/python scripts/compare_pyiqa.py        # exits 1 above --tol (default 1e-4)
 
 pyiqa is a development check only, never a requirement of this package. Without internet
 there are no real CLIP weights, so the script builds a random RN50 in OpenAI's format
