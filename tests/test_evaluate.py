@@ -170,7 +170,7 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
                                           abs=1e-5)
     assert happy['2afc'] == pytest.approx(_pairs_2afc(direct[:, 1].numpy(), ratings.values['happy']), abs=1e-9)
     partial = read_ratings(_write(tmp_path / 'more.csv', 'image,cosiness\n1,0.5\n2,0.1\n'))
-    with pytest.raises(KeyError, match='cosiness'):
+    with pytest.raises(RatingsError, match='does not score the rated attribute.s. cosiness'):
         evaluate_ratings(metric, partial, str(folder), progress=False)
 
 

@@ -252,7 +252,8 @@ def test_os_errors_name_the_file_not_the_errno(setup, tmp_path, capsys):
     assert error_message(PermissionError(13, 'Permission denied', '/data/out.csv')) == \
         '/data/out.csv: Permission denied'
     assert error_message(FileNotFoundError('annotation file not found: x.csv')) == 'annotation file not found: x.csv'
-    assert error_message(KeyError("unknown attribute 'hapy'")) == "unknown attribute 'hapy'"
+    from uiqa_plugin.prompts import UnknownAttributeError
+    assert error_message(UnknownAttributeError("unknown attribute 'hapy'")) == "unknown attribute 'hapy'"
     root, folder, config = setup
     ratings = tmp_path / 'ratings.csv'
     ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n')

@@ -45,7 +45,7 @@ def agreement_table(scores, ratings, n_boot=1000, alpha=0.05, seed=0, progress=F
     names = [a for a in ratings if a in scores]
     missing = [a for a in ratings if a not in scores]
     if missing:
-        raise KeyError(f'no scores for rated attribute(s) {", ".join(missing)}')
+        raise ValueError(f'no scores for rated attribute(s) {", ".join(missing)}')
     for attribute in tqdm(names, desc='agreement', unit='attr', disable=not progress):
         pred = np.asarray(scores[attribute], dtype=np.float64)
         target = np.asarray(ratings[attribute], dtype=np.float64)
@@ -148,10 +148,10 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
                 break
     unscored = [a for a in ratings.values if a not in targets and not any(base_name(n) == a for n in targets)]
     if unscored:
-        raise KeyError(f'{ratings.path}: the {"table" if scores is not None else "metric"} does not score the rated '
-                       f'attribute(s) {", ".join(unscored)}')
+        raise RatingsError(f'{ratings.path}: the {"table" if scores is not None else "metric"} does not score the '
+                           f'rated attribute(s) {", ".join(unscored)}')
     if not targets:
-        raise KeyError(f'{ratings.path}: none of the attributes ({", ".join(names)}) has a ratings column')
+        raise RatingsError(f'{ratings.path}: none of the attributes ({", ".join(names)}) has a ratings column')
     paths = match_images(ratings, inputs, skip_missing=not strict)
     skipped = missing_rows(ratings, paths)
     if scores is not None:

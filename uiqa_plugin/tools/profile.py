@@ -53,8 +53,6 @@ def error_message(exc):
     filename) in its args, so args[0] would be a bare number such as 13: name the file and reason."""
     if isinstance(exc, OSError) and exc.strerror:
         return f'{exc.filename}: {exc.strerror}' if exc.filename is not None else exc.strerror
-    if isinstance(exc, KeyError) and exc.args:
-        return str(exc.args[0])  # str(KeyError) would quote the message
     return str(exc) or type(exc).__name__
 
 
