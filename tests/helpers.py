@@ -338,3 +338,13 @@ def write_image(path, pixels, mode=None, **save_options):
 def write_random_image(path, shape, rng, bits=8, mode=None, **save_options):
     """``write_image`` of ``random_pixels(rng, shape, bits)``; returns str(path)."""
     return write_image(path, random_pixels(rng, shape, bits), mode, **save_options)
+
+
+def random_photo_folder(folder, sizes, seed):
+    """Create ``folder`` holding img0.png, img1.png ... of random RGB pixels, one per (height, width) in
+    ``sizes``, drawn from ``np.random.default_rng(seed)``; returns the folder."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i, (height, width) in enumerate(sizes):
+        write_random_image(folder / f'img{i}.png', (height, width, 3), rng)
+    return folder

@@ -6,23 +6,18 @@ import re
 import sys
 import threading
 
-import numpy as np
 import pytest
 
 import uiqa_plugin.scoring.loader as loader
 import uiqa_plugin.scoring.outputs as outputs
-from helpers import REPO, score, spawn, tiny_clip_flags, write_random_image
+from helpers import REPO, random_photo_folder, score, spawn, tiny_clip_flags
 from uiqa_plugin.scoring.table import write_table
 from uiqa_plugin.tools.score import build_parser
 
 
 @pytest.fixture
 def photos(tmp_path):
-    rng = np.random.default_rng(3)
-    folder = tmp_path / 'photos'
-    folder.mkdir()
-    for i in range(7):
-        write_random_image(folder / f'img{i}.png', (*[(40, 52), (48, 64), (36, 36)][i % 3], 3), rng)
+    folder = random_photo_folder(tmp_path / 'photos', [[(40, 52), (48, 64), (36, 36)][i % 3] for i in range(7)], 3)
     (folder / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n cut')
     return folder
 

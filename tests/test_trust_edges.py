@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import write_random_image
+from helpers import random_photo_folder, write_random_image
 from uiqa_plugin.clip import ClipLoadError, load_clip, resolve_model_config
 from uiqa_plugin.clip.pretrained import read_clip_state_dict, trusting
 from uiqa_plugin.scoring import outputs
@@ -148,12 +148,7 @@ def test_test_py_refuses_a_payload_archive_named_in_the_option_file(demo_data, a
 
 @pytest.fixture
 def photos(tmp_path):
-    rng = np.random.default_rng(0)
-    folder = tmp_path / 'sp'
-    folder.mkdir()
-    for i in range(4):
-        write_random_image(folder / f'img{i}.png', (48, 64, 3), rng)
-    return folder
+    return random_photo_folder(tmp_path / 'sp', [(48, 64)] * 4, 0)
 
 
 def score(tiny_clip_files, args):
