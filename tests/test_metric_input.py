@@ -80,3 +80,23 @@ def test_normalized_input_metric_takes_floats_as_given(tiny_metric_factory):
     with pytest.raises(TypeError, match='input_normalized=True'):
         normalized(chw(photo(70, 90)))
 
+
+
+def test_data_range_applies_to_tensors_only_not_to_files(tiny_metric_factory, tmp_path):
+    """A metric built for [0, 255] tensors scores files like any other: uiqa-score's loader hands it images
+    already in [0, 1], which must not be divided by 255 again (they used to reach CLIP nearly black)."""
+    img = photo(70, 90, seed=3)
+    unit, wide = tiny_metric_factory(), tiny_metric_factory(data_range=255)
+    assert file_score(wide, img, tmp_path) == file_score(unit, img, tmp_path)
+    with torch.no_grad():
+        assert wide(chw(img).float())[0, 0].item() == file_score(unit, img, tmp_path)
+
+
+def test_score_goes_through_the_input_contract(tiny_metric_factory):
+    """metric.score(images) converts like metric(images): uint8 is scaled, small images are upscaled."""
+    metric = tiny_metric_factory('quality,sharpness')
+    images = chw(photo(20, 30))  # uint8, below the tiny tower's smallest side
+    with torch.no_grad():
+        called, scored = metric(images), metric.score(images)
+    assert list(scored) == ['quality', 'sharpness']
+    assert torch.equal(scored['quality'], called[:, 0]) and torch.equal(scored['sharpness'], called[:, 1])

@@ -69,6 +69,6 @@ class CLIPIQA(SharedClipMixin, nn.Module):
         return self.scores_from_features(self.encode_images(images))
 
     def score(self, images):
-        """Like forward, as {attribute name: (N,) tensor}."""
-        scores = self.forward(images)
+        """Like calling the module (its input hooks included), as {attribute name: (N,) tensor}."""
+        scores = self(images)
         return {name: scores[:, i] for i, name in enumerate(self.attribute_names)}

@@ -5,6 +5,9 @@ views are normalized by (mean, std) with the same float32 constants and operatio
 host ``transforms.Normalize`` (``x.sub_(mean).mul_(inv_std)``, ``inv_std = 1 / float32(std)``),
 so the result equals the host-normalized tensors bit for bit.
 """
+import contextlib
+import threading
+
 import numpy as np
 import torch
 
@@ -56,3 +59,24 @@ class DeviceInput:
         if found is None:  # one per device and normalization: no small host-to-device copies per batch
             found = cls._cache[key] = cls(device, mean.numpy(), std.numpy())
         return found
+
+
+_converted = threading.local()
+
+
+@contextlib.contextmanager
+def converted_inputs():
+    """Within: the images a model receives were converted by ``DeviceInput`` (float in [0, 1], or
+    normalized). A metric's input contract then leaves their scale alone: its ``data_range`` describes
+    tensors a user passes, not the ones the scoring loader makes from files. Per thread."""
+    before = getattr(_converted, 'active', False)
+    _converted.active = True
+    try:
+        yield
+    finally:
+        _converted.active = before
+
+
+def inputs_converted():
+    """Whether the calling thread is inside ``converted_inputs``."""
+    return getattr(_converted, 'active', False)

@@ -6,12 +6,15 @@
 - uint8 (N, 3, H, W) in [0, 255] becomes float32 ``x / 255``, bit for bit the values of the decoded file;
 - float images are divided by ``data_range`` (1.0: images in [0, 1]; 255.0 for [0, 255]) and must lie in
   [0, data_range], give or take one 8-bit step (rounding, dithering): anything else is another scale (or
-  unclamped network output) and is refused by name instead of being scored as if it were a photo;
+  unclamped network output) and is refused by name instead of being scored as if it were a photo. Images
+  that ``score_paths`` / ``uiqa-score`` decoded are already in [0, 1] (``device_input.converted_inputs``):
+  ``data_range`` does not apply to them;
 - images with a side below the smallest the CLIP image tower takes are upscaled (aspect kept, bicubic,
   clipped to [0, 1]) with the same function and minimum as ``uiqa-score``.
 """
 import torch
 
+from uiqa_plugin.data.device_input import inputs_converted
 from uiqa_plugin.data.image_ops import upsample_to_min
 from uiqa_plugin.scoring.input_limits import minimum_input_side
 
@@ -66,7 +69,7 @@ class ImageInputContract:
                 raise TypeError('uint8 images reach a metric built with input_normalized=True (it takes '
                                 'CLIP-normalized float input): build it without input_normalized to pass uint8')
             return images
-        images = to_unit_range(images, self.data_range)
+        images = to_unit_range(images, 1.0 if inputs_converted() else self.data_range)
         return upscale_to_min_side(images, minimum_input_side(module.clip))
 
     def __call__(self, module, args):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from uiqa_plugin.data.device_input import DeviceInput
+from uiqa_plugin.data.device_input import DeviceInput, converted_inputs
 from uiqa_plugin.data.image_io import ImageReadError, decode_pixels, pixels_to_rgb_float, pixels_to_rgb_uint8
 from uiqa_plugin.data.image_ops import scaled_size, upsample_to_min
 from uiqa_plugin.data.transforms import Normalize, build_transforms, evaluation_transform_specs, view_transform_specs
@@ -202,7 +202,8 @@ def iter_scores(model, paths, batch_size=1, workers=0, min_side=None, max_aspect
         inputs = None
         try:  # the uint8 -> float step on the device allocates 4x the decoded bytes: inside the guard too
             inputs = {v: to_input([sample_views[v] for _, sample_views in batch]) for v in names}
-            with torch.inference_mode():  # caches (text, folded weights) are built outside, see clip_precision
+            # caches (text, folded weights) are built outside inference mode, see clip_precision
+            with torch.inference_mode(), converted_inputs():
                 out = model(inputs if len(names) > 1 else inputs[names[0]]).float().cpu()
         except (RuntimeError, MemoryError) as exc:  # one huge image must not end the run: retry alone, else skip it
             if not (isinstance(exc, MemoryError) or _out_of_memory(exc)):
