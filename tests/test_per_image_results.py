@@ -4,6 +4,7 @@ import csv
 import glob
 import os.path as osp
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -176,3 +177,25 @@ def test_test_py_writes_per_image_tables_for_sr_and_iqa_models(sr_data, demo_dat
     assert [float(r['target_MOS_original_scale']) for r in rows] == pytest.approx([mos[r['key']] for r in rows],
                                                                                   abs=1e-4)
     assert glob.glob(str(tmp_path / 'results' / 'zero_shot' / 'demo_test_predictions_*.csv'))
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_only_rank_0_keeps_the_gathered_predictions_and_writes_the_table(tiny_clip_files, tmp_path, rank):
+    """Every rank gathers the whole set (a collective), but only rank 0 keeps it: the per-image table has one
+    writer. Before, every rank kept it and every rank wrote <set>_metrics.csv at the same time."""
+    from uiqa_plugin.models.iqa_model import IQAModel
+    options = {'type': 'CLIPIQA', 'clip_model': tiny_clip_files['config'],
+               'clip_pretrained': tiny_clip_files['openai']}
+    opt = {'name': 't', 'model_type': 'IQAModel', 'num_gpu': 0, 'is_train': False, 'dist': False, 'rank': rank,
+           'network_g': options, 'path': {'visualization': str(tmp_path / 'vis')}, 'datasets': {},
+           'val': {'pbar': False, 'save_predictions': False}}
+    model = IQAModel(opt)
+    preds = torch.tensor([[0.25], [0.5], [0.75]])
+    model.predict_loader = lambda loader, progress=True: (['a', 'b', 'c'], preds, preds.clone())
+    loader = types.SimpleNamespace(dataset=types.SimpleNamespace(opt={'name': 'set'}))
+    with per_image_metrics(model, loader, str(tmp_path / 'results')) as path:
+        model.nondist_validation(loader, 0, None, False)
+    assert osp.exists(path) == (rank == 0)
+    if rank == 0:
+        rows = read_table(path)
+        assert [r['key'] for r in rows] == ['a', 'b', 'c'] and float(rows[2]['pred_quality']) == 0.75

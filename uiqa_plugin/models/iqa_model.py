@@ -270,9 +270,10 @@ class IQAModel(BaseModel):
         val_opt = self.opt.get('val') or {}
         with self.ema.applied(self.get_bare_model(self.net_g)) if self.ema else contextlib.nullcontext():
             keys, preds, targets = self.predict_loader(dataloader, progress=val_opt.get('pbar', True))
-        self.val_keys, self.val_preds, self.val_targets = gather_predictions(keys, preds, targets)
-        if self.opt['rank'] != 0:
+        gathered = gather_predictions(keys, preds, targets)  # collective: every rank takes part
+        if self.opt['rank'] != 0:  # rank 0 alone keeps the set's predictions: one writer of each table
             return
+        self.val_keys, self.val_preds, self.val_targets = gathered
         has_targets = self.val_targets is not None
 
         metrics_opt = val_opt.get('metrics') or DEFAULT_METRICS

@@ -8,9 +8,10 @@ and ``target_<name>_original_scale`` (the rating as the annotation file writes i
 being the dataset's target name (``MOS``...). Values are written with 6 decimals.
 """
 import csv
-import os
 
 import numpy as np
+
+from uiqa_plugin.checkpoint_io import write_atomically
 
 
 def output_column_names(net, count):
@@ -49,15 +50,12 @@ def prediction_table(keys, preds, pred_names, targets=None, target_names=None, d
 
 
 def write_table(path, header, rows):
-    """Write a CSV table (UTF-8), creating its folder."""
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, 'w', newline='', encoding='utf-8') as f:
+    """Write a CSV table (UTF-8), creating its folder; atomically, so a kill never leaves half a table."""
+    def write(f):
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    return path
+    return write_atomically(path, write, 'w', newline='', encoding='utf-8')
 
 
 def validation_table(model, dataset):
