@@ -72,6 +72,27 @@ def test_missing_clip_file_names_checkpoint_path_and_flag(trained, tmp_path):
     assert model.views == ['image', 'fragments', 'salient']
 
 
+def test_test_py_names_the_checkpoints_missing_clip_files(demo_data, tiny_clip_files, tmp_path, capsys):
+    """A checkpoint from another machine names CLIP files that are not here: test.py says so, naming the
+    checkpoint and how to point at the files, instead of blaming the option file for a key it does not have."""
+    from uiqa_plugin.runner.command_line import check_options, parse_arguments
+    gone = tmp_path / 'gone' / 'tiny.pt'
+    ckpt = tmp_path / 'net_g.pth'
+    torch.save({'params': {}, 'network_g': {'type': 'CLIPIQAPlus', 'clip_model': tiny_clip_files['config'],
+                                            'clip_pretrained': str(gone)}}, ckpt)
+    with open(osp.join(REPO, 'options', 'demo', 'test_uiqa_demo.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt['datasets']['test'].update(dataroot=str(demo_data / DEMO_IMAGE_FOLDER),
+                                   meta_file=str(demo_data / 'koniq10k_distributions_sets.csv'))
+    opt['path']['pretrain_network_g'] = str(ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        check_options(parse_arguments(['-opt', write_yaml(tmp_path, opt, 'test.yml')], False), False)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f'{ckpt}: it was trained with CLIP files that are not here: clip_pretrained {gone}' in err, err
+    assert 'network_g.clip_pretrained in the option file' in err
+
+
 @pytest.mark.slow  # a training or test.py run in a subprocess
 def test_test_py_builds_the_network_from_the_checkpoint(trained, demo_data, tmp_path):
     with open(osp.join(REPO, 'options', 'demo', 'test_uiqa_demo.yml')) as f:

@@ -260,7 +260,7 @@ def test_loading_clip_leaves_the_global_rng_alone(tiny_clip_files, fresh_clip_ta
 def test_train_entry_point_checks_clip_before_basicsr_creates_folders(monkeypatch, capsys):
     from uiqa_plugin.runner import command_line as runner
     opt = {'network_g': {'type': 'CLIPIQAPlus', 'clip_model': 'RN50', 'clip_pretrained': 'openai'}}
-    monkeypatch.setattr(runner, 'check_options', lambda argv, is_train=True: opt)
+    monkeypatch.setattr(runner, 'check_options', lambda argv, is_train=True: (opt, None))
     monkeypatch.setattr(pretrained, 'cached_pretrained_file', lambda *a, **k: None)
     monkeypatch.setattr(runner, 'train_pipeline', lambda root: pytest.fail('must stop before training'))
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')

@@ -21,7 +21,7 @@ import time
 import yaml
 
 from uiqa_plugin import archs, data, losses, metrics, models, perception  # noqa: F401  (register our classes)
-from uiqa_plugin.checkpoint_format import read_checkpoint
+from uiqa_plugin.checkpoint_format import missing_clip_message, missing_clip_paths, read_checkpoint
 from uiqa_plugin.checkpoint_io import CheckpointReadError, CheckpointWriteError
 from uiqa_plugin.clip import ClipLoadError, load_clip_for_network, yaml_option_names
 from uiqa_plugin.clip.pretrained import trusting
@@ -136,17 +136,25 @@ def apply_overrides(opt, entries):
 
 
 def network_from_checkpoint(opt):
-    """Test options without ``network_g``: the arch options stored in ``path.pretrain_network_g``, or None."""
+    """Test options without ``network_g``: the arch options stored in ``path.pretrain_network_g``, or None.
+
+    Raises OptionError naming the checkpoint when the CLIP files it was trained with are not here."""
     ckpt_path = opt['path'].get('pretrain_network_g') if isinstance(opt.get('path'), dict) else None
     if not isinstance(ckpt_path, str) or not osp.isfile(osp.expanduser(ckpt_path)):
         return None
     # the stored options (network_g, preprocessing) pass the same checks as an option file's
     ckpt = read_checkpoint(osp.expanduser(ckpt_path), trust=bool(opt['path'].get('trust_checkpoint')))
-    return ckpt['network_g'] if isinstance(ckpt, dict) and 'network_g' in ckpt else None
+    stored = ckpt['network_g'] if isinstance(ckpt, dict) and 'network_g' in ckpt else None
+    missing = missing_clip_paths(stored) if stored else []
+    if missing:  # a checkpoint from another machine: say so, not "file not found" under the option file's name
+        raise OptionError(missing_clip_message(ckpt_path, missing, 'set network_g.clip_model / '
+                                                                   'network_g.clip_pretrained in the option file'))
+    return stored
 
 
 def check_options(args, is_train):
-    """Read the option file once, apply ``--force_yml``, validate; the option dict, or exit with the message."""
+    """Read the option file once, apply ``--force_yml``, validate; (the option dict, the arch options a test
+    run takes from its checkpoint or None), or exit with the message."""
     path = args.opt
     if not osp.isfile(path):
         exit_with_message(f'error: {path}: option file not found', 2, every_rank=True)
@@ -169,7 +177,7 @@ def check_options(args, is_train):
         validate_options(dict(opt, network_g=stored) if stored else opt, is_train=is_train, source=source)
     except ValueError as exc:  # OptionError, CheckpointReadError, a stored state dict that is not one
         exit_with_message(f'error: {exc}', 2, every_rank=True)
-    return opt
+    return opt, stored
 
 
 def complete_options(opt, args, is_train, root_path):
@@ -230,8 +238,9 @@ class _RecordList(logging.Handler):
         self.records.append(record)
 
 
-def load_network_clip(opt):
-    """Load the CLIP of ``network_g`` before BasicSR creates experiment folders; the log records of the load."""
+def load_network_clip(opt, stored=None):
+    """Load the CLIP of ``network_g`` (else of ``stored``, the checkpoint's arch options) before BasicSR creates
+    experiment folders; the log records of the load."""
     logger = logging.getLogger('basicsr')
     captured, level, propagate = _RecordList(), logger.level, logger.propagate
     logger.addHandler(captured)
@@ -239,7 +248,7 @@ def load_network_clip(opt):
     logger.propagate = False  # kept for the log file, not printed by a handler of the root logger
     try:
         with trusting(trust_checkpoint(opt)):  # a TorchScript archive is read as data unless the user vouches
-            load_clip_for_network(opt.get('network_g') or network_from_checkpoint(opt))
+            load_clip_for_network(opt.get('network_g') or stored)
     except ClipLoadError as exc:
         exit_with_message(f'error: {exc.message(yaml_option_names())}', 2, every_rank=True)
     finally:
@@ -258,8 +267,8 @@ def run_pipeline(is_train, argv=None):
     in the working directory."""
     argv = import_from_argv(launcher_args(sys.argv[1:] if argv is None else list(argv)))
     args = parse_arguments(argv, is_train)
-    opt = check_options(args, is_train)
-    early_records = load_network_clip(opt)  # a missing or wrong CLIP fails here, before any folder is made
+    opt, stored = check_options(args, is_train)
+    early_records = load_network_clip(opt, stored)  # a missing or wrong CLIP fails here, before any folder is made
     patch_basicsr()  # BasicSR's models call some of its functions (model_to_device)
     saved = ' (the checkpoints saved so far are intact; ' + _resume_hint(args) + ')' if is_train else ''
     try:
