@@ -37,9 +37,6 @@ from uiqa_plugin.user_modules import (IMPORTED, UserModuleError, import_user_mod
 # inside the checks that use them: `python -m uiqa_plugin.options --help`, uiqa-score's option checks and
 # an option file with a typo answer before torch has loaded (seconds).
 
-# torch, BasicSR and our registering modules are imported inside the checks that need them: this buys
-# start-up time, so that `python -m uiqa_plugin.options --help` and the commands' option errors answer at once.
-
 TOP_LEVEL = {
     'name': str, 'model_type': str, 'num_gpu': (int, str), 'manual_seed': int, 'datasets': dict,
     'network_g': dict, 'path': dict, 'train': dict, 'val': dict, 'logger': dict, 'dist_params': dict,

@@ -32,6 +32,7 @@ def yaml_option_names(section='network_g'):
     return {k: f'{section}.{k}' for k in ('clip_model', 'clip_pretrained', 'quick_gelu')}
 
 
-_LOCAL_FILE_HINT = ('Pass a local weight file as {option} instead (an OpenAI TorchScript archive such as RN50.pt, '
-                    'an OpenAI-format state dict or an open_clip checkpoint).')
+#: how to get past a download that cannot happen
+LOCAL_FILE_HINT = ('Pass a local weight file as {option} instead (an OpenAI TorchScript archive such as RN50.pt, '
+                   'an OpenAI-format state dict or an open_clip checkpoint).')
 

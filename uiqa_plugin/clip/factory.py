@@ -19,11 +19,9 @@ from open_clip.modified_resnet import ModifiedResNet
 
 from uiqa_plugin.checkpoint_io import looks_like_path
 from uiqa_plugin.clip import pretrained as weights
-from uiqa_plugin.clip.errors import ClipLoadError
+from uiqa_plugin.clip.errors import LOCAL_FILE_HINT, ClipLoadError
 from uiqa_plugin.clip.model import resnet_forward
 
-_LOCAL_FILE_HINT = ('Pass a local weight file as {option} instead (an OpenAI TorchScript archive such as RN50.pt, '
-                    'an OpenAI-format state dict or an open_clip checkpoint).')
 
 
 def resolve_model_config(model_name):
@@ -49,7 +47,6 @@ def resolve_model_config(model_name):
         hint = f' Close names: {", ".join(close)}.' if close else ''
         raise ClipLoadError(f'unknown CLIP model {model_name!r}.{hint}', 'clip_model',
                             'See open_clip.list_models() for all names, or pass a JSON model config file as {option}.')
-    return model_name
     return model_name
 
 
@@ -91,10 +88,10 @@ def _create_from_tag(model_name, tag, quick_gelu, cache_dir):
         return create_open_clip_model(model_name, quick_gelu, pretrained=cached), cached
     what = f'CLIP {model_name} weights {tag!r} are not in the download cache'
     if weights.env_flag('HF_HUB_OFFLINE'):
-        raise ClipLoadError(f'{what} and HF_HUB_OFFLINE is set.', 'clip_pretrained', _LOCAL_FILE_HINT)
+        raise ClipLoadError(f'{what} and HF_HUB_OFFLINE is set.', 'clip_pretrained', LOCAL_FILE_HINT)
     host = weights.download_host(model_name, tag)
     if not weights.reachable(host):
-        raise ClipLoadError(f'{what} and {host} cannot be reached (offline?).', 'clip_pretrained', _LOCAL_FILE_HINT)
+        raise ClipLoadError(f'{what} and {host} cannot be reached (offline?).', 'clip_pretrained', LOCAL_FILE_HINT)
     hub_logger = logging.getLogger('huggingface_hub')
     level = hub_logger.level
     hub_logger.setLevel(logging.ERROR)  # one clear error below, not a page of retry warnings
@@ -102,7 +99,7 @@ def _create_from_tag(model_name, tag, quick_gelu, cache_dir):
         model = create_open_clip_model(model_name, quick_gelu, pretrained=tag, cache_dir=cache_dir)
     except Exception as exc:  # network errors surface as many types (URLError, HF hub errors, OSError)
         raise ClipLoadError(f'CLIP {model_name} weights {tag!r} could not be downloaded '
-                            f'({type(exc).__name__}: {str(exc)[:300]}).', 'clip_pretrained', _LOCAL_FILE_HINT) from exc
+                            f'({type(exc).__name__}: {str(exc)[:300]}).', 'clip_pretrained', LOCAL_FILE_HINT) from exc
     finally:
         hub_logger.setLevel(level)
     return model, weights.cached_pretrained_file(model_name, tag, cache_dir) or f'{model_name}/{tag}'

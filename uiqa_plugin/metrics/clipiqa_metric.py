@@ -37,7 +37,7 @@ from basicsr.utils.registry import METRIC_REGISTRY
 from uiqa_plugin.api import create_metric, load_trained_model, output_names
 from uiqa_plugin.data.device_input import DeviceInput
 from uiqa_plugin.data.transforms import evaluation_transform_specs
-from uiqa_plugin.devices import check_device
+from uiqa_plugin.devices import check_device, default_device
 from uiqa_plugin.data.image_ops import upsample_to_min
 from uiqa_plugin.metrics.tower_cache import TowerFeatureCache
 from uiqa_plugin.scoring.loader import ScoreImages, model_minimum_side
@@ -59,7 +59,7 @@ def _freeze(value):
 
 
 def _device(device):
-    return torch.device(check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'), 'device'))
+    return torch.device(check_device(device or default_device(), 'device'))
 
 
 def cached_model(kind, build, device, **options):
