@@ -137,7 +137,13 @@ def test_image_folder_without_ratings_writes_predictions_and_no_metrics(demo_dat
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 and list(rows[0])[:2] == ['key', 'pred_quality']
     assert not any(column.startswith('target') for column in rows[0])
-    assert all(0 <= float(r['pred_quality']) <= 1 for r in rows)
+    # the same scores as uiqa-score's path for these files (the same zero-shot model, full resolution)
+    from uiqa_plugin.api import create_metric, score_paths
+    metric = create_metric('quality', clip_model=opt['network_g']['clip_model'],
+                           clip_pretrained=opt['network_g']['clip_pretrained'], device='cpu')
+    expected = {osp.basename(r['path']): r['quality']
+                for r in score_paths(metric, [str(folder)], progress=False).rows}
+    assert {r['key']: pytest.approx(float(r['pred_quality']), abs=1e-5) for r in rows} == expected
 
 
 @pytest.mark.slow  # the demo data is made by the shipped scripts, in subprocesses

@@ -36,7 +36,7 @@ def test_one_failing_rank_stops_all_processes_with_its_error(demo_data, tmp_path
                     launcher=TORCHRUN + (f'--master_port={free_port()}',), timeout=240)
     log = out.stdout + out.stderr
     assert out.returncode != 0
-    assert time.time() - start < 240
+    assert time.time() - start < 90  # the other rank stops too (about 10 s here), not at the 240 s timeout
     assert 'RuntimeError: injected failure on rank 1 at iteration 3' in log
     # torchrun's summary names the failing rank and its error (``record``), not "To enable traceback".
     assert 'rank      : 1' in log and 'To enable traceback' not in log.split('Root Cause')[-1]
