@@ -1,6 +1,4 @@
 """Collecting per-rank results on every rank of a distributed run (a no-op in one process)."""
-from collections import OrderedDict
-
 import torch
 import torch.distributed as dist
 
@@ -18,16 +16,17 @@ def gather_predictions(keys, preds, targets):
     """The predictions of a whole set from each rank's share. Collective.
 
     keys: M image keys of this rank; preds: (M, T) tensor; targets: (M, T) tensor or None.
-    Returns (keys, preds (N, T), targets (N, T) or None) over all ranks, the first prediction of
-    each key kept (samplers may repeat samples to even out ranks); targets is None unless every
-    sample has one.
+    Returns (keys, preds (N, T), targets (N, T) or None) over all ranks in rank order; targets is None
+    unless every sample has one. A key that an earlier rank already gave is left out: a distributed
+    sampler repeats the first samples on other ranks to even out the shares. A key repeated within one
+    rank's share is kept: the set itself lists that image twice, as a one-process run counts it.
     """
-    merged = OrderedDict()
-    for shard_keys, shard_preds, shard_targets in gather_objects((keys, preds, targets)):
+    first_rank, entries = {}, []
+    for rank, (shard_keys, shard_preds, shard_targets) in enumerate(gather_objects((keys, preds, targets))):
         for i, key in enumerate(shard_keys):
-            if key not in merged:
-                merged[key] = (shard_preds[i], None if shard_targets is None else shard_targets[i])
-    all_preds = torch.stack([p for p, _ in merged.values()]) if merged else torch.empty(0, 1)
-    has_targets = len(merged) > 0 and all(t is not None for _, t in merged.values())
-    all_targets = torch.stack([t for _, t in merged.values()]) if has_targets else None
-    return list(merged), all_preds, all_targets
+            if first_rank.setdefault(key, rank) == rank:
+                entries.append((key, shard_preds[i], None if shard_targets is None else shard_targets[i]))
+    all_preds = torch.stack([p for _, p, _ in entries]) if entries else torch.empty(0, 1)
+    has_targets = len(entries) > 0 and all(t is not None for _, _, t in entries)
+    all_targets = torch.stack([t for _, _, t in entries]) if has_targets else None
+    return [k for k, _, _ in entries], all_preds, all_targets

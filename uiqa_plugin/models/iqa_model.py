@@ -256,7 +256,9 @@ class IQAModel(BaseModel):
             self.test()
             out = self.output.float().cpu()
             preds.append(out)
-            keys.extend(self.keys if self.keys else [str(len(keys) + i) for i in range(len(out))])
+            # without keys from the dataset, number the samples per rank: ranks must not give the same key
+            prefix = f'rank{self.opt["rank"]}-' if self.opt.get('world_size', 1) > 1 else ''
+            keys.extend(self.keys if self.keys else [f'{prefix}{len(keys) + i}' for i in range(len(out))])
             if self.target is not None:
                 targets.append(self._match_target(self.output).float().cpu())
             bar.update(1)
