@@ -189,3 +189,38 @@ def test_rank0_names_part_files_it_cannot_see(tiny_clip_files, photos, tmp_path,
     assert 'rank 0 cannot see the part files' in err and '-1.jsonl' in err and 'shares' in err
     own = list(tmp_path.glob('scores.csv.part-*-0.jsonl'))
     assert not out.exists() and len(own) == 1 and len(own[0].read_text().splitlines()) == 1 + 4  # items 0, 2, 4, 6
+
+
+def test_resume_with_a_random_clip_merges_the_part_files(tiny_clip_files, photos, tmp_path, monkeypatch):
+    """Part files hold the model's columns; the table adds random_weights: a killed run resumes all the same."""
+    from uiqa_plugin.tools.score import main
+    flags = ['--clip-model', tiny_clip_files['config'], '--clip-pretrained', 'none', '--device', 'cpu',
+             '--no-progress', '--workers', '0']
+    out = tmp_path / 'scores.csv'
+
+    class Killed(BaseException):
+        pass
+
+    real_write = outputs.PartWriter.write
+    written = {}
+
+    def dying_write(self, path, scores=None, error=None):
+        if len(written) == 3:
+            raise Killed
+        written[path] = scores
+        return real_write(self, path, scores, error)
+
+    monkeypatch.setattr(outputs.PartWriter, 'write', dying_write)
+    with pytest.raises(Killed):
+        main([str(photos), '--out', str(out)] + flags)
+    monkeypatch.setattr(outputs.PartWriter, 'write', real_write)
+    assert len(list(tmp_path.glob('scores.csv.part-*.jsonl'))) == 1 and not out.exists()
+
+    assert main([str(photos), '--out', str(out), '--resume'] + flags) == 1  # broken.png is not scored
+    rows = read_csv(out)
+    assert list(rows[0]) == ['path', 'quality', 'random_weights'] and len(rows) == 7
+    assert all(row['random_weights'] == '1' for row in rows)
+    by_path = {row['path']: float(row['quality']) for row in rows}
+    assert {p: by_path[p] for p, s in written.items() if s is not None} == \
+        {p: s[0] for p, s in written.items() if s is not None}  # the rows of the killed run are kept as they were
+    assert not list(tmp_path.glob('scores.csv.part-*'))

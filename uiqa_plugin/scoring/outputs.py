@@ -178,12 +178,16 @@ def read_record(out):
     return record
 
 
-def previous_rows(out, columns, made_by=None):
+def previous_rows(out, columns, made_by=None, table_columns=None):
     """(rows, failures) already recorded for ``out``: the table and its record, then part files of unfinished
-    runs (later wins). Refused (OutputError naming the difference) when another model made them."""
+    runs (later wins). Refused (OutputError naming the difference) when another model made them.
+
+    columns: the model's scores, as part files hold them; table_columns: the table's columns when it
+    adds marks to them (a ``random_weights`` column), default ``columns``.
+    """
     rows, failures = [], []
     if osp.isfile(out):
-        rows = read_table(out, columns)  # other columns: the plainest difference, named first
+        rows = read_table(out, columns if table_columns is None else table_columns)  # other columns: named first
         record = read_record(out)
         if record is None and made_by is not None:
             raise OutputError(f'{out}: has no record of what made its rows ({record_path(out)} is missing), so '
