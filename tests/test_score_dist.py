@@ -224,3 +224,44 @@ def test_resume_with_a_random_clip_merges_the_part_files(tiny_clip_files, photos
     assert {p: by_path[p] for p, s in written.items() if s is not None} == \
         {p: s[0] for p, s in written.items() if s is not None}  # the rows of the killed run are kept as they were
     assert not list(tmp_path.glob('scores.csv.part-*'))
+
+
+class KilledWhileWriting(BaseException):
+    pass
+
+
+def kill(*args, **kwargs):
+    raise KilledWhileWriting
+
+
+def test_a_kill_while_writing_the_record_or_the_table_can_be_resumed(tiny_clip_files, photos, tmp_path, monkeypatch):
+    full = tmp_path / 'full.csv'
+    assert score(tiny_clip_files, [str(photos), '--out', str(full), '--workers', '0']) == 1
+    for step in ('write_atomically', 'write_table'):  # the record's write, then the table's
+        out = tmp_path / f'{step}.csv'
+        monkeypatch.setattr(outputs, step, kill)
+        with pytest.raises(KilledWhileWriting):
+            score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0'])
+        monkeypatch.undo()
+        assert not out.exists()  # never a table without the record of what made it
+        assert os.path.exists(f'{out}.run.json') == (step == 'write_table')
+        monkeypatch.setattr(loader, 'iter_scores', lambda model, paths, **kw: iter([] if not paths else kill()))
+        assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+        monkeypatch.undo()  # every row came from the part file
+        assert out.read_text() == full.read_text()
+        assert not list(tmp_path.glob(f'{step}.csv.part-*'))
+
+
+def test_a_kill_while_replacing_a_table_of_another_model_leaves_no_stale_rows(tiny_clip_files, photos, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / 'scores.csv'
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    one = str(photos / 'img0.png')
+    cropped = tmp_path / 'cropped.csv'
+    assert score(tiny_clip_files, [one, '--out', str(cropped), '--crop-border', '2', '--workers', '0']) == 0
+    monkeypatch.setattr(outputs, 'write_table', kill)
+    with pytest.raises(KilledWhileWriting):  # a cropped run of one image replaces the plain table, killed doing so
+        score(tiny_clip_files, [one, '--out', str(out), '--crop-border', '2', '--workers', '0'])
+    monkeypatch.undo()
+    assert score(tiny_clip_files, [one, '--out', str(out), '--crop-border', '2', '--resume', '--workers', '0']) == 0
+    assert read_csv(out) == read_csv(cropped)  # the plain table's rows of the other images are not kept as cropped

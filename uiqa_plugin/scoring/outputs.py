@@ -229,13 +229,29 @@ def merge_rows(paths, columns, earlier, parts, earlier_failures=()):
     return rows, failures, [item for real, item in failed.items() if real not in scored]
 
 
-def write_merged(out, rows, columns, parts, made_by=None, failed=()):
-    """Write the table and its record, then remove the part files they replace. Raises OutputError naming the
-    reason (a full disk, a vanished folder) without a traceback's chain of causes."""
+def _made_by_other(out, made_by):
+    """Whether the table ``out`` on disk lacks a readable record saying that ``made_by`` made its rows."""
     try:
-        write_table(rows, ['path'] + list(columns), out)
+        record = read_record(out)
+    except OutputError:
+        return True
+    return record is None or bool(differences(record.get('made_by') or {}, made_by or {}))
+
+
+def write_merged(out, rows, columns, parts, made_by=None, failed=()):
+    """Write the record, then the table, then remove the part files they replace. Raises OutputError naming the
+    reason (a full disk, a vanished folder) without a traceback's chain of causes.
+
+    The record goes first: a kill between the two leaves this run's record beside the earlier table (or none)
+    and the part files, which ``--resume`` completes; a table without its record would be refused. A table of
+    another computation is removed before that record can vouch for its rows (this run replaces it anyway).
+    """
+    try:
+        if made_by is not None and osp.isfile(out) and _made_by_other(out, made_by):
+            os.remove(out)
         record = {'made_by': made_by, 'failed': [list(item) for item in failed]}
         write_atomically(record_path(out), lambda f: json.dump(record, f, indent=2), 'w', encoding='utf-8')
+        write_table(rows, ['path'] + list(columns), out)
     except OSError as exc:
         kept = [p for p in parts if osp.exists(p)]
         where = (f'the rows are kept in {", ".join(kept)}: rerun the same command with --resume'
