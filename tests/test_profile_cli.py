@@ -385,3 +385,26 @@ def test_a_large_embedded_report_suggests_linking_images(setup, tmp_path, capsys
     assert f'({size / N_IMAGES / 1024:.0f} KB per image); --images link keeps it small' in err
     assert main(['report', str(folder), '-a', 'happy', '--out', str(out), '--images', 'link'] + _clip(config)) == 0
     assert '--images link keeps it small' not in capsys.readouterr().err
+
+
+def _never_score(*args, **kwargs):
+    raise AssertionError('nothing may be scored when an output cannot be written')
+
+
+@pytest.mark.parametrize('command, option', [('profile', '--out'), ('sensitivity', '--out'),
+                                             ('sensitivity', '--summary-out'), ('sensitivity', '--scores-out'),
+                                             ('evaluate', '--out'), ('evaluate', '--scores-out')])
+def test_table_outputs_are_checked_before_scoring(setup, tmp_path, capsys, monkeypatch, command, option):
+    root, folder, config = setup
+    monkeypatch.setattr('uiqa_plugin.api.create_metric', _never_score)
+    monkeypatch.setattr('uiqa_plugin.perception.sensitivity.score_phrasings', _never_score)
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n')
+    inputs = [str(ratings), str(folder)] if command == 'evaluate' else [str(folder), '-a', 'happy']
+    for target, reason in (('x.txt', 'unknown table format .txt'), ('folder.csv', 'is a folder')):
+        path = tmp_path / target
+        (tmp_path / 'folder.csv').mkdir(exist_ok=True)
+        assert main([command] + inputs + [option, str(path)] + _clip(config)) == 2
+        err = capsys.readouterr().err
+        assert f'uiqa-profile {command}: {path}: {reason}' in err, err
+    assert not (tmp_path / 'x.txt').exists()
