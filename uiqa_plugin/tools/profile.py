@@ -314,8 +314,8 @@ def cmd_evaluate(args):
     rows, scores, skipped = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
                                              seed=args.seed, batch_size=args.batch_size,
                                              progress=not args.no_progress, strict=args.strict, scores=table)
-    for entry in skipped:
-        _say('evaluate', f'skipped {entry}: image not found' if ':' not in entry else f'skipped {entry}')
+    for entry, reason in skipped:
+        _say('evaluate', f'skipped {entry}: {reason}')
     columns = ['attribute', 'column'] + table_columns(with_intervals=args.n_boot > 0)[1:]
     print(format_table(rows, columns, digits=3))  # first, so that a failed write below loses nothing
     if args.out:
@@ -481,7 +481,8 @@ def build_parser():
                    help='compare the scores of this table (from uiqa-score, profile or --scores-out) instead of '
                         'scoring again; the CLIP options are then unused')
     p.add_argument('--strict', action='store_true',
-                   help='stop when a rated image is missing (default: leave it out, name it, exit status 1)')
+                   help='stop when a rated image is missing or unreadable (default: leave it out, name it with '
+                        'the reason, exit status 1)')
     p.add_argument('--no-progress', action='store_true', help='hide progress bars')
     p.set_defaults(func=cmd_evaluate)
 
