@@ -118,12 +118,16 @@ def add_input_arguments(parser):
 
 
 def input_preparation(args):
-    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None."""
+    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None.
+
+    It takes the RGB float image in [0, 1] that plain scoring gives the model (alpha composited, any
+    bit depth scaled): an 8-bit RGB file gets exactly the numbers calculate_clipiqa gives its array.
+    """
     if not args.crop_border and not args.y_channel:
         return None
     from uiqa_plugin.metrics.clipiqa_metric import image_to_rgb  # lazy: imports basicsr
     return functools.partial(image_to_rgb, crop_border=args.crop_border, test_y_channel=args.y_channel,
-                             channel_order='RGB')  # decoded files are RGB; BasicSR's arrays are BGR
+                             channel_order='RGB', max_value=1.0)  # BasicSR's arrays are BGR in [0, 255]
 
 
 def print_attributes():
