@@ -385,3 +385,52 @@ def test_a_large_embedded_report_suggests_linking_images(setup, tmp_path, capsys
     assert f'({size / N_IMAGES / 1024:.0f} KB per image); --images link keeps it small' in err
     assert main(['report', str(folder), '-a', 'happy', '--out', str(out), '--images', 'link'] + _clip(config)) == 0
     assert '--images link keeps it small' not in capsys.readouterr().err
+
+
+def _never_score(*args, **kwargs):
+    raise AssertionError('nothing may be scored when an output cannot be written')
+
+
+@pytest.mark.parametrize('command, option', [('profile', '--out'), ('sensitivity', '--out'),
+                                             ('sensitivity', '--summary-out'), ('sensitivity', '--scores-out'),
+                                             ('evaluate', '--out'), ('evaluate', '--scores-out')])
+def test_table_outputs_are_checked_before_scoring(setup, tmp_path, capsys, monkeypatch, command, option):
+    root, folder, config = setup
+    monkeypatch.setattr('uiqa_plugin.api.create_metric', _never_score)
+    monkeypatch.setattr('uiqa_plugin.perception.sensitivity.score_phrasings', _never_score)
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image number,happy\n1,0.1\n2,0.5\n3,0.2\n')
+    inputs = [str(ratings), str(folder)] if command == 'evaluate' else [str(folder), '-a', 'happy']
+    for target, reason in (('x.txt', 'unknown table format .txt'), ('folder.csv', 'is a folder')):
+        path = tmp_path / target
+        (tmp_path / 'folder.csv').mkdir(exist_ok=True)
+        assert main([command] + inputs + [option, str(path)] + _clip(config)) == 2
+        err = capsys.readouterr().err
+        assert f'uiqa-profile {command}: {path}: {reason}' in err, err
+    assert not (tmp_path / 'x.txt').exists()
+
+
+def test_evaluate_skips_an_unreadable_image_with_its_reason_unless_strict(setup, tmp_path, capsys):
+    root, folder, config = setup
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    for name in ('01.png', '02.png', '03.png'):
+        (photos / name).write_bytes((folder / name).read_bytes())
+    (photos / 'broken.png').write_bytes(b'\x89PNG\r\n\x1a\n cut')
+    ratings = tmp_path / 'ratings.csv'
+    ratings.write_text('image,happy\n1,0.1\n2,0.5\nbroken,0.4\n3,0.2\ngone:1,0.9\n')
+    out = tmp_path / 'agree.csv'
+    code = main(['evaluate', str(ratings), str(photos), '--n-boot', '0', '--out', str(out)] + _clip(config))
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"skipped row 3 (line 4) 'broken': {photos / 'broken.png'}: cannot decode image" in err, err
+    assert "skipped row 5 (line 6) 'gone:1': image not found" in err, err  # a ':' in a name hides no reason
+    paths, images = _images(folder)
+    happy = _direct(config, 'happy', images[:3])[:, 0]
+    row, = csv.DictReader(open(out))
+    assert row['n'] == '3'
+    assert float(row['srcc']) == pytest.approx(stats.spearmanr(happy, [0.1, 0.5, 0.2]).statistic, abs=1e-6)
+    ratings.write_text('image,happy\n1,0.1\n2,0.5\nbroken,0.4\n3,0.2\n')
+    code = main(['evaluate', str(ratings), str(photos), '--n-boot', '0', '--strict'] + _clip(config))
+    err = capsys.readouterr().err
+    assert code == 2 and f"uiqa-profile evaluate: {photos / 'broken.png'}: cannot decode image" in err, err

@@ -189,3 +189,79 @@ def test_rank0_names_part_files_it_cannot_see(tiny_clip_files, photos, tmp_path,
     assert 'rank 0 cannot see the part files' in err and '-1.jsonl' in err and 'shares' in err
     own = list(tmp_path.glob('scores.csv.part-*-0.jsonl'))
     assert not out.exists() and len(own) == 1 and len(own[0].read_text().splitlines()) == 1 + 4  # items 0, 2, 4, 6
+
+
+def test_resume_with_a_random_clip_merges_the_part_files(tiny_clip_files, photos, tmp_path, monkeypatch):
+    """Part files hold the model's columns; the table adds random_weights: a killed run resumes all the same."""
+    from uiqa_plugin.tools.score import main
+    flags = ['--clip-model', tiny_clip_files['config'], '--clip-pretrained', 'none', '--device', 'cpu',
+             '--no-progress', '--workers', '0']
+    out = tmp_path / 'scores.csv'
+
+    class Killed(BaseException):
+        pass
+
+    real_write = outputs.PartWriter.write
+    written = {}
+
+    def dying_write(self, path, scores=None, error=None):
+        if len(written) == 3:
+            raise Killed
+        written[path] = scores
+        return real_write(self, path, scores, error)
+
+    monkeypatch.setattr(outputs.PartWriter, 'write', dying_write)
+    with pytest.raises(Killed):
+        main([str(photos), '--out', str(out)] + flags)
+    monkeypatch.setattr(outputs.PartWriter, 'write', real_write)
+    assert len(list(tmp_path.glob('scores.csv.part-*.jsonl'))) == 1 and not out.exists()
+
+    assert main([str(photos), '--out', str(out), '--resume'] + flags) == 1  # broken.png is not scored
+    rows = read_csv(out)
+    assert list(rows[0]) == ['path', 'quality', 'random_weights'] and len(rows) == 7
+    assert all(row['random_weights'] == '1' for row in rows)
+    by_path = {row['path']: float(row['quality']) for row in rows}
+    assert {p: by_path[p] for p, s in written.items() if s is not None} == \
+        {p: s[0] for p, s in written.items() if s is not None}  # the rows of the killed run are kept as they were
+    assert not list(tmp_path.glob('scores.csv.part-*'))
+
+
+class KilledWhileWriting(BaseException):
+    pass
+
+
+def kill(*args, **kwargs):
+    raise KilledWhileWriting
+
+
+def test_a_kill_while_writing_the_record_or_the_table_can_be_resumed(tiny_clip_files, photos, tmp_path, monkeypatch):
+    full = tmp_path / 'full.csv'
+    assert score(tiny_clip_files, [str(photos), '--out', str(full), '--workers', '0']) == 1
+    for step in ('write_atomically', 'write_table'):  # the record's write, then the table's
+        out = tmp_path / f'{step}.csv'
+        monkeypatch.setattr(outputs, step, kill)
+        with pytest.raises(KilledWhileWriting):
+            score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0'])
+        monkeypatch.undo()
+        assert not out.exists()  # never a table without the record of what made it
+        assert os.path.exists(f'{out}.run.json') == (step == 'write_table')
+        monkeypatch.setattr(loader, 'iter_scores', lambda model, paths, **kw: iter([] if not paths else kill()))
+        assert score(tiny_clip_files, [str(photos), '--out', str(out), '--resume', '--workers', '0']) == 1
+        monkeypatch.undo()  # every row came from the part file
+        assert out.read_text() == full.read_text()
+        assert not list(tmp_path.glob(f'{step}.csv.part-*'))
+
+
+def test_a_kill_while_replacing_a_table_of_another_model_leaves_no_stale_rows(tiny_clip_files, photos, tmp_path,
+                                                                               monkeypatch):
+    out = tmp_path / 'scores.csv'
+    assert score(tiny_clip_files, [str(photos), '--out', str(out), '--workers', '0']) == 1
+    one = str(photos / 'img0.png')
+    cropped = tmp_path / 'cropped.csv'
+    assert score(tiny_clip_files, [one, '--out', str(cropped), '--crop-border', '2', '--workers', '0']) == 0
+    monkeypatch.setattr(outputs, 'write_table', kill)
+    with pytest.raises(KilledWhileWriting):  # a cropped run of one image replaces the plain table, killed doing so
+        score(tiny_clip_files, [one, '--out', str(out), '--crop-border', '2', '--workers', '0'])
+    monkeypatch.undo()
+    assert score(tiny_clip_files, [one, '--out', str(out), '--crop-border', '2', '--resume', '--workers', '0']) == 0
+    assert read_csv(out) == read_csv(cropped)  # the plain table's rows of the other images are not kept as cropped

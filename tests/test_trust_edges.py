@@ -437,6 +437,48 @@ def test_crop_border_and_y_channel_equal_calculate_clipiqa_on_saved_images(tiny_
     assert all(abs(float(r['quality']) - got[osp.basename(r['path'])]) > 1e-6 for r in read_rows(plain))
 
 
+def test_crop_border_and_y_channel_take_alpha_and_16_bit_images_as_plain_scoring_does(tiny_clip_files, tmp_path):
+    """--crop-border on RGBA, gray+alpha and 16-bit files equals plain scoring of the cropped file; --y-channel
+    equals calculate_clipiqa on the image plain scoring decodes (alpha over white, [0, 1])."""
+    from helpers import random_pixels, write_image
+    from uiqa_plugin.data.image_io import read_image
+    from uiqa_plugin.metrics.clipiqa_metric import calculate_clipiqa
+    rng = np.random.default_rng(4)
+    kinds = {'rgba.png': ((70, 90, 4), 8, 'RGBA'), 'gray_alpha.png': ((64, 80, 2), 8, 'LA'),
+             'rgb16.png': ((66, 84, 3), 16, None), 'rgba16.png': ((68, 88, 4), 16, None),
+             'gray16.png': ((72, 72), 16, None)}
+    full, cropped = tmp_path / 'full', tmp_path / 'cropped'
+    full.mkdir()
+    cropped.mkdir()
+    for name, (shape, bits, mode) in kinds.items():
+        pixels = random_pixels(rng, shape, bits)
+        write_image(full / name, pixels, mode)
+        write_image(cropped / name, np.ascontiguousarray(pixels[3:-3, 3:-3]), mode)
+    tables = {}
+    for label, args in (('crop', [str(full), '--crop-border', '3']), ('plain', [str(cropped)]),
+                        ('y', [str(full), '--crop-border', '3', '--y-channel'])):
+        tables[label] = tmp_path / f'{label}.csv'
+        assert score(tiny_clip_files, args + ['--out', str(tables[label]), '--workers', '0']) == 0, label
+    got = {label: {osp.basename(r['path']): float(r['quality']) for r in read_rows(path)}
+           for label, path in tables.items()}
+    assert sorted(got['crop']) == sorted(kinds)
+    for name in kinds:
+        assert abs(got['crop'][name] - got['plain'][name]) < 1e-6, (name, got['crop'][name], got['plain'][name])
+        expected = calculate_clipiqa(read_image(full / name)[..., ::-1], crop_border=3, test_y_channel=True,
+                                     max_value=1.0, clip_model=tiny_clip_files['config'],
+                                     clip_pretrained=tiny_clip_files['openai'], device='cpu')
+        assert abs(got['y'][name] - expected) < 1e-6, (name, got['y'][name], expected)
+
+
+def test_a_prepared_image_is_decoded_at_full_size():
+    """A crop counts the file's pixels: with ``prepare`` a JPEG is never decoded reduced for a resize."""
+    from uiqa_plugin.scoring.loader import ScoreImages
+    specs = [{'type': 'LoadImage'}, {'type': 'Resize', 'keys': ['image'], 'size': 224},
+             {'type': 'Collect', 'keys': ['image']}]
+    assert ScoreImages([], specs=specs).reduce_to is not None
+    assert ScoreImages([], specs=specs, prepare=np.asarray).reduce_to is None
+
+
 def test_a_one_output_user_arch_writes_only_its_column(tiny_clip_files, tmp_path, photos):
     from basicsr.utils.registry import ARCH_REGISTRY
 

@@ -133,11 +133,12 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
         ratings column of the same name, or of its base name (``happy@ensemble`` -> ``happy``), so one
         metric can compare the paper's pair with its ensemble on the same ratings.
     ratings: ``read_ratings(...)``; inputs: the image folder(s), see ``match_images``.
-    strict: a rated image missing from the folder (or from ``scores``) stops the run (RatingsError);
-        else it is left out and named in ``skipped``.
+    strict: a rated image missing from the folder (or from ``scores``) stops the run (RatingsError), an
+        unreadable one too (ImageReadError); else it is left out and named in ``skipped``.
     scores: (rows, attribute names) of an existing score table (``read_score_table``) to compare instead
         of scoring; ``metric`` may then be None.
-    Returns (agreement rows, score rows [{'path', attribute: score}] in ratings order, skipped rows' names).
+    Returns (agreement rows, score rows [{'path', attribute: score}] in ratings order, skipped rows as
+    (entry, reason): ``("row 4 (line 5) '77'", 'image not found')``).
     """
     names = list(scores[1]) if scores is not None else list(metric.attribute_names)
     targets = {}
@@ -153,7 +154,7 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
     if not targets:
         raise RatingsError(f'{ratings.path}: none of the attributes ({", ".join(names)}) has a ratings column')
     paths = match_images(ratings, inputs, skip_missing=not strict)
-    skipped = missing_rows(ratings, paths)
+    skipped = [(entry, 'image not found') for entry in missing_rows(ratings, paths)]
     if scores is not None:
         by_file = {osp.realpath(row['path']): row for row in scores[0]}
         for n, path in enumerate(paths):
@@ -161,13 +162,20 @@ def evaluate_ratings(metric, ratings, inputs, n_boot=1000, alpha=0.05, seed=0, b
                 if strict:
                     raise RatingsError(f'{ratings.path}: row {n + 1} {ratings.images[n]!r} ({path}) has no row in '
                                        'the scores table')
-                skipped.append(f'row {n + 1} (line {ratings.lines[n]}) {ratings.images[n]!r}: not in the scores table')
+                skipped.append((f'row {n + 1} (line {ratings.lines[n]}) {ratings.images[n]!r}',
+                                'not in the scores table'))
                 paths[n] = None
-        score_rows = [dict(by_file[osp.realpath(p)], path=p) for p in paths if p is not None]
     else:
-        result = score_paths(metric, [p for p in paths if p is not None], batch_size=batch_size, strict=True,
+        result = score_paths(metric, [p for p in paths if p is not None], batch_size=batch_size, strict=strict,
                              progress=progress)
-        score_rows = result.rows
+        by_file = {osp.realpath(row['path']): row for row in result.rows}
+        failures = {osp.realpath(path): message for path, message in result.failures}
+        for n, path in enumerate(paths):  # an unreadable image is left out like a missing one, with its reason
+            if path is not None and osp.realpath(path) not in by_file:
+                skipped.append((f'row {n + 1} (line {ratings.lines[n]}) {ratings.images[n]!r}',
+                                failures.get(osp.realpath(path), f'{path}: not scored')))
+                paths[n] = None
+    score_rows = [dict(by_file[osp.realpath(p)], path=p) for p in paths if p is not None]
     kept = np.array([p is not None for p in paths])
     if not kept.any():
         raise RatingsError(f'{ratings.path}: none of the rated images was found')

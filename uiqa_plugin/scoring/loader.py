@@ -42,9 +42,10 @@ class ScoreImages(Dataset):
     large JPEG is decoded at the reduced scale that still covers that size.
     Unreadable, empty, refused images and failures at any stage (reading, decoding, conversion,
     transforms, memory) give an error message that names the file, so one bad file costs one
-    row, also inside worker processes. prepare: decoded samples (H, W[, C]) -> RGB float32 (H, W, 3)
-    in [0, 1] instead of the plain conversion (e.g. a border crop and BT.601 luma, as BasicSR's
-    metrics read images); a picklable callable, as workers receive it.
+    row, also inside worker processes. prepare: RGB float32 (H, W, 3) in [0, 1] -> the same,
+    applied after the plain conversion (alpha composited over white, any bit depth scaled), e.g.
+    a border crop and BT.601 luma as BasicSR's metrics read images; a picklable callable, as
+    workers receive it. Images are then decoded at full size: a crop counts the file's own pixels.
     """
 
     def __init__(self, paths, views=None, min_side=1, max_aspect=MAX_ASPECT, specs=None, max_pixels=MAX_PIXELS,
@@ -64,7 +65,8 @@ class ScoreImages(Dataset):
         # the image view is the decoded image itself when no transform rewrites it
         self.image_is_decoded = 'image' in self.names and not any(
             'image' in (s.get('keys') or ()) or s.get('name') == 'image' for s in host)
-        self.reduce_to = _first_resize(host)
+        # a JPEG decoded reduced would hold other pixels than the file's for ``prepare`` to crop
+        self.reduce_to = _first_resize(host) if prepare is None else None
 
     @property
     def max_file_bytes(self):
@@ -105,7 +107,9 @@ class ScoreImages(Dataset):
             raw = torch.from_numpy(np.array(raw.transpose(2, 0, 1), order='C'))  # a writable CHW copy
         if raw is not None and self.names == ['image']:
             return {'image': raw}
-        rgb = pixels_to_rgb_float(pixels) if self.prepare is None else self.prepare(pixels)
+        rgb = pixels_to_rgb_float(pixels)
+        if self.prepare is not None:
+            rgb = self.prepare(rgb)
         sample = {'key': path, 'path': path, 'target': [], 'views': {'image': rgb}}
         views = self.transforms(sample)['views']
         out = {}

@@ -19,35 +19,12 @@ import glob
 import json
 import os
 import os.path as osp
-import tempfile
 
 from uiqa_plugin.checkpoint_io import write_atomically
 from uiqa_plugin.file_lock import FileLock, LockHeldError
 from uiqa_plugin.scoring.provenance import differences
-from uiqa_plugin.scoring.table import TABLE_SUFFIXES, OutputError, read_table, write_table  # noqa: F401
-
-
-def check_output_path(path):
-    """Fail before any work when a table cannot be written at ``path``; creates its folder.
-
-    Checks the suffix (.csv / .json), that the path is not a folder or a device (/dev/null),
-    and that a file can be created in its folder.
-    """
-    suffix = osp.splitext(path)[1].lower()
-    if suffix not in TABLE_SUFFIXES:
-        raise OutputError(f'{path}: unknown table format {suffix or "(no suffix)"}; '
-                          f'name a file ending in {" or ".join(TABLE_SUFFIXES)}')
-    if osp.isdir(path):
-        raise OutputError(f'{path}: is a folder; name a file in it, e.g. {osp.join(path, "scores.csv")}')
-    if osp.exists(path) and not osp.isfile(path):
-        raise OutputError(f'{path}: is not a regular file (a device or pipe); name a file ending in .csv or .json')
-    folder = osp.dirname(osp.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=osp.basename(path) + '.', suffix='.probe'):
-            pass
-    except OSError as exc:
-        raise OutputError(f'{path}: cannot write in folder {folder} ({exc.strerror or exc})') from exc
+from uiqa_plugin.scoring.table import (TABLE_SUFFIXES, OutputError, check_output_path, read_table,  # noqa: F401
+                                       write_table)
 
 
 def part_path(out, job, rank):
@@ -178,12 +155,16 @@ def read_record(out):
     return record
 
 
-def previous_rows(out, columns, made_by=None):
+def previous_rows(out, columns, made_by=None, table_columns=None):
     """(rows, failures) already recorded for ``out``: the table and its record, then part files of unfinished
-    runs (later wins). Refused (OutputError naming the difference) when another model made them."""
+    runs (later wins). Refused (OutputError naming the difference) when another model made them.
+
+    columns: the model's scores, as part files hold them; table_columns: the table's columns when it
+    adds marks to them (a ``random_weights`` column), default ``columns``.
+    """
     rows, failures = [], []
     if osp.isfile(out):
-        rows = read_table(out, columns)  # other columns: the plainest difference, named first
+        rows = read_table(out, columns if table_columns is None else table_columns)  # other columns: named first
         record = read_record(out)
         if record is None and made_by is not None:
             raise OutputError(f'{out}: has no record of what made its rows ({record_path(out)} is missing), so '
@@ -225,13 +206,29 @@ def merge_rows(paths, columns, earlier, parts, earlier_failures=()):
     return rows, failures, [item for real, item in failed.items() if real not in scored]
 
 
-def write_merged(out, rows, columns, parts, made_by=None, failed=()):
-    """Write the table and its record, then remove the part files they replace. Raises OutputError naming the
-    reason (a full disk, a vanished folder) without a traceback's chain of causes."""
+def _made_by_other(out, made_by):
+    """Whether the table ``out`` on disk lacks a readable record saying that ``made_by`` made its rows."""
     try:
-        write_table(rows, ['path'] + list(columns), out)
+        record = read_record(out)
+    except OutputError:
+        return True
+    return record is None or bool(differences(record.get('made_by') or {}, made_by or {}))
+
+
+def write_merged(out, rows, columns, parts, made_by=None, failed=()):
+    """Write the record, then the table, then remove the part files they replace. Raises OutputError naming the
+    reason (a full disk, a vanished folder) without a traceback's chain of causes.
+
+    The record goes first: a kill between the two leaves this run's record beside the earlier table (or none)
+    and the part files, which ``--resume`` completes; a table without its record would be refused. A table of
+    another computation is removed before that record can vouch for its rows (this run replaces it anyway).
+    """
+    try:
+        if made_by is not None and osp.isfile(out) and _made_by_other(out, made_by):
+            os.remove(out)
         record = {'made_by': made_by, 'failed': [list(item) for item in failed]}
         write_atomically(record_path(out), lambda f: json.dump(record, f, indent=2), 'w', encoding='utf-8')
+        write_table(rows, ['path'] + list(columns), out)
     except OSError as exc:
         kept = [p for p in parts if osp.exists(p)]
         where = (f'the rows are kept in {", ".join(kept)}: rerun the same command with --resume'

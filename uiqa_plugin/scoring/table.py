@@ -15,6 +15,7 @@ import json
 import math
 import os
 import os.path as osp
+import tempfile
 
 from uiqa_plugin.checkpoint_io import write_atomically
 from uiqa_plugin.terminal import is_control, printable  # noqa: F401 (printable: part of the table tools' API)
@@ -77,6 +78,29 @@ def _cell(value):
 
 class OutputError(ValueError):
     """A score table that cannot be written or resumed; the message names the path and the reason."""
+
+
+def check_output_path(path):
+    """Fail before any work when a table cannot be written at ``path``; creates its folder.
+
+    Checks the suffix (.csv / .json), that the path is not a folder or a device (/dev/null),
+    and that a file can be created in its folder.
+    """
+    suffix = osp.splitext(path)[1].lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise OutputError(f'{path}: unknown table format {suffix or "(no suffix)"}; '
+                          f'name a file ending in {" or ".join(TABLE_SUFFIXES)}')
+    if osp.isdir(path):
+        raise OutputError(f'{path}: is a folder; name a file in it, e.g. {osp.join(path, "scores.csv")}')
+    if osp.exists(path) and not osp.isfile(path):
+        raise OutputError(f'{path}: is not a regular file (a device or pipe); name a file ending in .csv or .json')
+    folder = osp.dirname(osp.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=osp.basename(path) + '.', suffix='.probe'):
+            pass
+    except OSError as exc:
+        raise OutputError(f'{path}: cannot write in folder {folder} ({exc.strerror or exc})') from exc
 
 
 def write_table(rows, columns, path):

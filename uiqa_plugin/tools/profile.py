@@ -25,7 +25,7 @@ from uiqa_plugin.perception.report import write_report
 from uiqa_plugin.perception.score_tables import (RANDOM_WEIGHTS_CAPTION, chart_stems, join_score_tables,
                                                  mark_random_weights, read_score_table, table_random_weights_reason)
 from uiqa_plugin.prompts import get_attribute, resolve_attributes
-from uiqa_plugin.scoring.table import format_table, missing_folder, write_table
+from uiqa_plugin.scoring.table import OutputError, check_output_path, format_table, missing_folder, write_table
 from uiqa_plugin.terminal import printable
 from uiqa_plugin.tools.score import add_clip_arguments
 
@@ -114,16 +114,23 @@ def _random_weights_note(args, command):
     return reason
 
 
-def _check_outputs(command, *paths):
-    """Before any work: each table/chart path names a file; a folder that does not exist yet is announced."""
-    for path in paths:
-        if not path:
-            continue
-        if osp.isdir(path):
-            raise CommandError(f'{path}: is a folder; name a file in it')
+def _check_outputs(command, tables=(), files=()):
+    """Before any work: each output path names a file; a folder that does not exist yet is announced.
+
+    tables: score-table paths, checked as uiqa-score checks --out (a .csv / .json file that can be
+    written); files: other outputs (charts, pages), which only must not be folders.
+    """
+    for path in [p for p in list(tables) + list(files) if p]:
         folder = missing_folder(path)
-        if folder:
+        if folder and not osp.exists(folder):
             _say(command, f'creating folder {folder} for {osp.basename(path)}')
+        if path in tables:
+            try:
+                check_output_path(path)
+            except OutputError as exc:
+                raise CommandError(str(exc)) from None
+        elif osp.isdir(path):
+            raise CommandError(f'{path}: is a folder; name a file in it')
 
 
 def _pretrained(value):
@@ -164,7 +171,7 @@ def _radar_caption(reason):
 
 def cmd_profile(args):
     from uiqa_plugin.perception.profile import load_scorer, write_radar_charts
-    _check_outputs('profile', args.out)
+    _check_outputs('profile', tables=[args.out])
     extra = dict(load_scorer(spec, device=args.device) for spec in args.scorer)
     result, _ = _score(args, 'profile', extra_scorers=extra)
     _write_or_print('profile', result.rows, ['path'] + result.attribute_names, args.out, args.random_weights)
@@ -234,7 +241,7 @@ LARGE_REPORT_BYTES = 5 << 20
 def cmd_report(args):
     if bool(args.table) == bool(args.inputs):
         raise CommandError('give either images to score or --table with a score table (not both)')
-    _check_outputs('report', args.out)
+    _check_outputs('report', files=[args.out])
     if args.table:
         rows, names = read_score_table(args.table)
         attributes, description, code = None, f'Scores from {args.table}.', 0
@@ -276,7 +283,7 @@ def cmd_evaluate(args):
         raise CommandError('--batch-size must be at least 1')
     if not 0 < args.alpha < 1:
         raise CommandError('--alpha must be in (0, 1)')
-    _check_outputs('evaluate', args.out, args.chart, args.scores_out)
+    _check_outputs('evaluate', tables=[args.out, args.scores_out], files=[args.chart])
     if args.attributes_file:
         load_attribute_file(args.attributes_file)
     columns = [c.strip() for c in args.columns.split(',') if c.strip()] if args.columns else None
@@ -307,8 +314,8 @@ def cmd_evaluate(args):
     rows, scores, skipped = evaluate_ratings(metric, ratings, args.images, n_boot=args.n_boot, alpha=args.alpha,
                                              seed=args.seed, batch_size=args.batch_size,
                                              progress=not args.no_progress, strict=args.strict, scores=table)
-    for entry in skipped:
-        _say('evaluate', f'skipped {entry}: image not found' if ':' not in entry else f'skipped {entry}')
+    for entry, reason in skipped:
+        _say('evaluate', f'skipped {entry}: {reason}')
     columns = ['attribute', 'column'] + table_columns(with_intervals=args.n_boot > 0)[1:]
     print(format_table(rows, columns, digits=3))  # first, so that a failed write below loses nothing
     if args.out:
@@ -330,7 +337,7 @@ def cmd_sensitivity(args):
                                                     srcc_matrix)
     if args.batch_size < 1:
         raise CommandError('--batch-size must be at least 1')
-    _check_outputs('sensitivity', args.out, args.summary_out, args.scores_out)
+    _check_outputs('sensitivity', tables=[args.out, args.summary_out, args.scores_out])
     attributes = with_ensembles(_resolve(args))
     single = [a.name for a in attributes if len(a.pairs) < 2]
     if single:
@@ -474,7 +481,8 @@ def build_parser():
                    help='compare the scores of this table (from uiqa-score, profile or --scores-out) instead of '
                         'scoring again; the CLIP options are then unused')
     p.add_argument('--strict', action='store_true',
-                   help='stop when a rated image is missing (default: leave it out, name it, exit status 1)')
+                   help='stop when a rated image is missing or unreadable (default: leave it out, name it with '
+                        'the reason, exit status 1)')
     p.add_argument('--no-progress', action='store_true', help='hide progress bars')
     p.set_defaults(func=cmd_evaluate)
 

@@ -118,12 +118,16 @@ def add_input_arguments(parser):
 
 
 def input_preparation(args):
-    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None."""
+    """The per-image conversion that --crop-border / --y-channel ask for (calculate_clipiqa's own), or None.
+
+    It takes the RGB float image in [0, 1] that plain scoring gives the model (alpha composited, any
+    bit depth scaled): an 8-bit RGB file gets exactly the numbers calculate_clipiqa gives its array.
+    """
     if not args.crop_border and not args.y_channel:
         return None
     from uiqa_plugin.metrics.clipiqa_metric import image_to_rgb  # lazy: imports basicsr
     return functools.partial(image_to_rgb, crop_border=args.crop_border, test_y_channel=args.y_channel,
-                             channel_order='RGB')  # decoded files are RGB; BasicSR's arrays are BGR
+                             channel_order='RGB', max_value=1.0)  # BasicSR's arrays are BGR in [0, 255]
 
 
 def print_attributes():
@@ -241,9 +245,10 @@ def nothing_to_score(args):
     return True
 
 
-def plan(args, names, made_by):
+def plan(args, names, table_names, made_by):
     """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
-    (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``."""
+    (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``.
+    names: the model's scores (the columns of part files); table_names: the table's columns."""
     from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
     from uiqa_plugin.scoring.paths import collect_image_paths
     paths, problems = collect_image_paths(args.inputs)
@@ -252,7 +257,7 @@ def plan(args, names, made_by):
     earlier, earlier_failures, old_parts = [], [], leftover_parts(args.out)
     if args.resume:
         try:
-            earlier, earlier_failures = previous_rows(args.out, names, made_by)
+            earlier, earlier_failures = previous_rows(args.out, names, made_by, table_names)
         except OutputError as exc:
             return 2, str(exc)
     elif old_parts:
@@ -288,7 +293,7 @@ def score_streamed(args, metric, ranks, random_weights=None):
     if ranks.is_main:  # rank 0 plans, merges and removes part files: it holds the table's lock throughout
         try:
             lock = OutputLock(args.out).acquire()
-            job = plan(args, table_names, made_by)
+            job = plan(args, names, table_names, made_by)
         except OutputError as exc:  # another run writes this table
             job = (2, str(exc))
     try:
