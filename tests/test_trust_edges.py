@@ -543,7 +543,10 @@ def test_decode_workers_end_with_a_killed_parent(tmp_path):
     assert len(workers) == 2 and all(_alive(pid) for pid in workers)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
-    time.sleep(1.0)  # without the kernel's signal, each worker would finish its 10 s decode first
+    # without the kernel's signal, each worker would finish its 10 s decode first: well within it, all are gone
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not any(_alive(pid) for pid in workers)
 
 

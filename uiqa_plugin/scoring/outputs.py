@@ -23,8 +23,7 @@ import os.path as osp
 from uiqa_plugin.checkpoint_io import write_atomically
 from uiqa_plugin.file_lock import FileLock, LockHeldError
 from uiqa_plugin.scoring.provenance import differences
-from uiqa_plugin.scoring.table import (TABLE_SUFFIXES, OutputError, check_output_path, read_table,  # noqa: F401
-                                       write_table)
+from uiqa_plugin.scoring.table import OutputError, read_table, write_table
 
 
 def part_path(out, job, rank):

@@ -16,7 +16,7 @@ from uiqa_plugin.options import OptionError, check_device
 from uiqa_plugin.perception.score_tables import mark_random_weights
 from uiqa_plugin.prompts import list_attributes, list_presets, resolve_attributes
 from uiqa_plugin.scoring import MAX_PIXELS, default_workers
-from uiqa_plugin.scoring.table import format_table, missing_folder, printable
+from uiqa_plugin.scoring.table import OutputError, check_output_path, format_table, missing_folder, printable
 from uiqa_plugin.user_modules import UserModuleError, import_user_modules
 
 # What needs torch, BasicSR or open_clip is imported inside the functions that use it, and only once the
@@ -249,7 +249,7 @@ def plan(args, names, table_names, made_by):
     """Rank 0: {paths to score, all paths, problems, earlier rows and failures, earlier part files} or
     (exit code, message). Images are matched by real path: ``./photos/`` resumes ``photos``.
     names: the model's scores (the columns of part files); table_names: the table's columns."""
-    from uiqa_plugin.scoring.outputs import OutputError, leftover_parts, previous_rows
+    from uiqa_plugin.scoring.outputs import leftover_parts, previous_rows
     from uiqa_plugin.scoring.paths import collect_image_paths
     paths, problems = collect_image_paths(args.inputs)
     if args.strict and problems:
@@ -285,7 +285,7 @@ def score_streamed(args, metric, ranks, random_weights=None):
     """--out: every rank streams its shard to a part file; rank 0 merges them into the table (with a
     ``random_weights`` column when ``random_weights`` gives the reason)."""
     from uiqa_plugin.api import output_names
-    from uiqa_plugin.scoring.outputs import OutputError, OutputLock
+    from uiqa_plugin.scoring.outputs import OutputLock
     names = output_names(metric)
     table_names = mark_random_weights([], names, random_weights)[1]  # the columns of the table on disk
     made_by = run_record(args, metric)
@@ -307,7 +307,7 @@ def _score_planned(args, metric, ranks, names, table_names, made_by, job, random
     """Score rank 0's plan ``job`` (a dict, or (exit code, message) to stop every rank), merge on rank 0."""
     from uiqa_plugin.data.image_io import ImageReadError
     from uiqa_plugin.scoring.loader import iter_scores
-    from uiqa_plugin.scoring.outputs import OutputError, PartWriter, merge_rows, part_path, write_merged
+    from uiqa_plugin.scoring.outputs import PartWriter, merge_rows, part_path, write_merged
     # the other ranks need only the paths to score and the job's name (or rank 0's reason to stop)
     shared = ranks.share(job if isinstance(job, tuple) else (job['todo'], uuid.uuid4().hex[:8]) if job else None)
     if isinstance(shared[0], int):  # every rank stops with rank 0's message
@@ -375,7 +375,6 @@ def main(argv=None):
     if problem:
         say(problem)
         return 2
-    from uiqa_plugin.scoring.outputs import OutputError, check_output_path  # imports torch (through data/)
     if nothing_to_score(args):
         return 1
     if args.out:
