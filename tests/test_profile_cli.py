@@ -189,15 +189,18 @@ def test_sensitivity_command(setup, tmp_path, capsys):
     pairs = ENSEMBLE_PHRASINGS['happy']
     singles = _direct(config, [Attribute(f'h{k}', (p,)) for k, p in enumerate(pairs)], images)
     rows, _ = read_score_table(str(scores))
-    np.testing.assert_allclose([[r[f'happy@ensemble[{k}]'] for k in range(4)] for r in rows], singles, atol=1e-5)
+    table = np.array([[r[f'happy@ensemble[{k}]'] for k in range(4)] for r in rows])  # full precision
+    np.testing.assert_allclose(table, singles, atol=1e-5)
+    # Rank correlations from the command's own scores: a random CLIP scores the images within 1e-5 of each
+    # other at times, where the independent model's last-bit differences may swap ranks.
     per_phrasing = list(csv.DictReader(open(phr)))
     assert [(r['positive'], r['negative']) for r in per_phrasing] == pairs
     for k, r in enumerate(per_phrasing):
-        assert float(r['srcc_paper']) == pytest.approx(stats.spearmanr(singles[:, k], singles[:, 0]).statistic,
+        assert float(r['srcc_paper']) == pytest.approx(stats.spearmanr(table[:, k], table[:, 0]).statistic,
                                                        abs=1e-9)
         assert float(r['mean']) == pytest.approx(singles[:, k].mean(), abs=1e-6)
     summary_row, = json.loads(summary.read_text())
-    pairwise = [stats.spearmanr(singles[:, i], singles[:, j]).statistic for i in range(4) for j in range(i + 1, 4)]
+    pairwise = [stats.spearmanr(table[:, i], table[:, j]).statistic for i in range(4) for j in range(i + 1, 4)]
     assert summary_row['mean_srcc'] == pytest.approx(np.mean(pairwise), abs=1e-9)
     assert summary_row['min_srcc'] == pytest.approx(np.min(pairwise), abs=1e-9)
 
