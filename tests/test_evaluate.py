@@ -166,9 +166,9 @@ def test_evaluate_ratings_with_a_tiny_clip(tmp_path):
         direct = metric(torch.stack([image_to_tensor(read_image(folder / f'{i:03d}.png')) for i in range(1, 9)]))
     np.testing.assert_allclose([s['happy'] for s in scores], direct[:, 1].numpy(), atol=1e-6)
     happy = next(r for r in rows if r['attribute'] == 'happy')
-    assert happy['srcc'] == pytest.approx(stats.spearmanr(direct[:, 1].numpy(), ratings.values['happy']).statistic,
-                                          abs=1e-5)
-    assert happy['2afc'] == pytest.approx(_pairs_2afc(direct[:, 1].numpy(), ratings.values['happy']), abs=1e-9)
+    scored = [s['happy'] for s in scores]  # ranks from the scores used: near-ties may swap in the last bit
+    assert happy['srcc'] == pytest.approx(stats.spearmanr(scored, ratings.values['happy']).statistic, abs=1e-9)
+    assert happy['2afc'] == pytest.approx(_pairs_2afc(np.array(scored), ratings.values['happy']), abs=1e-9)
     partial = read_ratings(_write(tmp_path / 'more.csv', 'image,cosiness\n1,0.5\n2,0.1\n'))
     with pytest.raises(RatingsError, match='does not score the rated attribute.s. cosiness'):
         evaluate_ratings(metric, partial, str(folder), progress=False)
